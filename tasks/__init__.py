@@ -1,0 +1,107 @@
+"""The task protocol: everything the MiGrATe loop needs from a black-box problem, and nothing more.
+
+A task owns text: it writes prompts, parses completions into candidates and scores candidates. The loop owns
+tokens, sampling and training, and never looks inside a candidate (a word, a SMILES string, a program).
+
+A candidate is a canonical string (lower-cased word, canonical SMILES, program source). A completion may hold
+several candidates (the word-search prompt asks for two words); its reward is the best score among them, 0 if
+none parses. Scores are in [0, 1] and `solved_score` (1.0) means the problem is solved.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Prompt:
+    """A chat prompt plus the text the assistant's answer is forced to start with (e.g. '{"response": ["')."""
+    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+    prefix: str = ""
+
+
+@dataclass
+class Preset:
+    """Group composition of one strategy: alpha on-policy, beta greedy, gamma neighbourhood members."""
+    alpha: int
+    beta: int = 0
+    gamma: int = 0
+    seed_choice: str = "topk"  # how NS seeds are picked: "topk" (random among top-k), "opro" (ranked list), "evo"
+    update: bool = False  # take GRPO steps on the LoRA adapter
+
+
+@dataclass
+class TaskDefaults:
+    """The paper's settings for one task (DESIGN.md table); command-line flags override them."""
+    presets: dict[str, Preset]  # strategy name -> group composition
+    topk: int = 3  # seed pool size for NS / greedy
+    mu: int = 2  # optimiser steps per group
+    lr: float = 5e-5
+    lora_r: int = 64
+    lora_alpha: int = 16
+    max_new_tokens: int = 64
+    iterations: int = 100
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+class Task:
+    """Base class. Subclasses set `name`, `defaults`, `target_sets`, `default_target` and implement the methods."""
+    name: str = ""
+    defaults: TaskDefaults
+    target_sets: dict[str, list[str]] = {}  # named sets usable as --targets NAME, e.g. {"paper": [...]}
+    default_target: str = ""
+    solved_score: float = 1.0
+
+    def __init__(self, target: str, **options):
+        self.target = target
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def prompt(self) -> Prompt:
+        """The on-policy prompt; every group member is trained as an answer to it."""
+        raise NotImplementedError
+
+    def neighbourhood_prompt(self, seed: str) -> Prompt:
+        """Ask for a variation of one past candidate."""
+        raise NotImplementedError
+
+    def opro_prompt(self, ranked: list[tuple[str, float]]) -> Prompt:
+        """Show past (candidate, score) pairs, worst first and best last, and ask for a better one."""
+        raise NotImplementedError
+
+    # -- candidates ------------------------------------------------------------------------------------
+    def parse(self, completion: str) -> list[str]:
+        """Candidates in a completion (prefix included), canonicalised, in order, duplicates removed.
+
+        Never raises: malformed or adversarial text gives []."""
+        raise NotImplementedError
+
+    def render(self, candidate: str) -> str:
+        """A canonical completion for a past candidate (prefix included): the text of a greedy member."""
+        raise NotImplementedError
+
+    def score(self, candidates: list[str]) -> list[float]:
+        """The black-box score of each candidate, in [0, 1]; batched because oracles are faster in batches."""
+        raise NotImplementedError
+
+    def warm_start(self, rng) -> list[str]:
+        """Candidates scored before iteration 1 (a random.Random is given); [] if the task has none."""
+        return []
+
+    def report(self, history: list[dict]) -> dict:
+        """Task-specific summary of a finished run (e.g. ARC test-output votes); {} by default."""
+        return {}
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[Task]:
+    """Look up a task by name, importing the built-in ones on first use (they pull heavy optional imports)."""
+    if not TASKS:
+        from tasks import arc, molecule, wordsearch  # noqa: F401  (importing registers them)
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
+    return TASKS[name]
