@@ -27,6 +27,18 @@ class Preset:
     update: bool = False  # take GRPO steps on the LoRA adapter
 
 
+def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, int, int]) -> dict[str, Preset]:
+    """The eight strategies of the paper from one task's group size and its GRPO-Greedy and MiGrATe
+    compositions (alpha, beta, gamma). Baselines sample the whole group: Random on-policy, NS and OPRO from
+    neighbourhood prompts; the two MiGrATe variants keep MiGrATe's composition with another seed choice."""
+    return {
+        "random": Preset(group), "ns": Preset(0, 0, group), "opro": Preset(0, 0, group, "opro"),
+        "grpo": Preset(group, update=True), "grpo-greedy": Preset(*greedy, update=True),
+        "migrate": Preset(*migrate, update=True), "migrate-opro": Preset(*migrate, "opro", True),
+        "migrate-evo": Preset(*migrate, "evo", True),
+    }
+
+
 @dataclass
 class TaskDefaults:
     """The paper's settings for one task (DESIGN.md table); command-line flags override them."""
@@ -100,8 +112,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 def task_class(name: str) -> type[Task]:
     """Look up a task by name, importing the built-in ones on first use (they pull heavy optional imports)."""
-    if not TASKS:
-        from tasks import arc, molecule, wordsearch  # noqa: F401  (importing registers them)
+    from tasks import arc, molecule, wordsearch  # noqa: F401  (importing registers them; cached after the first)
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
     return TASKS[name]

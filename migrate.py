@@ -1,0 +1,665 @@
+"""MiGrATe: a language model searches for the best solution to one black-box problem and trains itself on its
+own attempts while it searches (Mixed-Policy GRPO for Adaptation at Test-Time, arXiv 2508.08641).
+
+One iteration (run_iteration below):
+  1. plan the group: alpha on-policy prompts, gamma neighbourhood prompts built from past solutions, beta
+     greedy members (the best past solution, re-inserted with its stored score);
+  2. sample every prompted member in one batched sampler call;
+  3. parse and score each completion with the task's black-box score (through the history's cache);
+  4. train: advantages = reward - group mean, clipped GRPO loss, mu AdamW steps on the LoRA adapter.
+
+Simplifications we made on purpose, and why:
+  1. Every member is trained as an answer to the on-policy prompt, whichever prompt produced it (the paper's
+     choice: the policy should learn to produce good solutions without being shown one).
+  2. A completion may hold several candidates (two words, five molecules); its reward is the best of them.
+  3. The budget counts distinct black-box evaluations; a repeat is free and logged as a repeat.
+  4. old_logp is the policy before the first of the mu steps, so the first step's ratio is exactly 1 and its
+     log-probs are reused as old_logp instead of running the model twice.
+  5. No reference model is kept: the KL term (off by default, as in the paper) uses the base model obtained by
+     switching the LoRA adapter off.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STRATEGIES = ("random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings: every knob of a run, resolved from the task's paper defaults and the command line.
+
+@dataclass
+class Settings:
+    task: str
+    target: str
+    strategy: str
+    model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    seed: int = 0
+    # group composition (alpha on-policy, beta greedy, gamma neighbourhood) and seed choice
+    alpha: int = 10
+    beta: int = 0
+    gamma: int = 0
+    topk: int = 3
+    seed_choice: str = "topk"  # "topk", "opro" or "evo"
+    update: bool = True  # GRPO steps on the LoRA adapter (False for the inference-only baselines)
+    # budget
+    iterations: int = 100
+    budget: int = 1_000_000  # black-box evaluations, warm start included
+    early_stop: bool = True  # stop when a candidate reaches the task's solved score
+    # sampling
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # training
+    mu: int = 2
+    lr: float = 5e-5
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta_kl: float = 0.0
+    # MiGrATe-Evo's island database
+    islands: int = 4
+    island_size: int = 20
+    migrate_every: int = 5
+    # engine
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile_sampler: bool = False
+    compile_logprobs: bool = False
+    task_options: dict = field(default_factory=dict)
+
+    @property
+    def group_size(self) -> int:
+        return self.alpha + self.beta + self.gamma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
+
+class Policy:
+    def __init__(self, model, tokenizer, s: Settings):
+        import torch
+        from model import add_lora, lora_state_dict
+        self.model, self.tok, self.s = model, tokenizer, s
+        self.params, self.optimizer = [], None
+        if s.update:
+            torch.manual_seed(s.seed)  # LoRA A is random: make it the seed's
+            self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout)
+            self.initial_adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
+        self.end_of_turn = end_of_turn_id(tokenizer)
+
+    def reset(self):
+        """A fresh adapter and optimiser for a new target (a sweep loads the model once)."""
+        import torch
+        from model import load_lora_state_dict
+        if self.s.update:
+            load_lora_state_dict(self.model, self.initial_adapter)
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr)
+
+    def prompt_ids(self, prompt) -> list[int]:
+        text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix)
+        return self.tok.encode(text)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    marker = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}[tokenizer.chat_format]
+    ids = tokenizer.encode(marker)
+    assert len(ids) == 1, f"{marker} is not a single special token in this tokenizer"
+    return ids[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One iteration.
+
+@dataclass
+class Member:
+    origin: str  # "online", "greedy" or "neighbourhood"
+    prompt_kind: str  # which prompt produced it: "policy", "ns", "opro" or "greedy"
+    seed: str | None = None  # the past solution an NS prompt was built from
+    text: str = ""  # the completion, response prefix included
+    tokens: list[int] = field(default_factory=list)  # completion ids, trained after the on-policy prompt
+    candidates: list[dict] = field(default_factory=list)  # {"candidate", "score", "status"}
+    reward: float = 0.0
+
+
+def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, object]]:
+    """The mixed group of MiGrATe: (member, prompt) pairs for alpha on-policy and gamma neighbourhood members,
+    then beta greedy members whose completion is the best past solution (prompt None: nothing to sample)."""
+    plan = [(Member("online", "policy"), task.prompt()) for _ in range(s.alpha)]
+    for _ in range(s.gamma):
+        plan.append(neighbourhood_member(s, task, history, islands, rng))
+    best = history.best()
+    if best is not None:
+        plan += [(Member("greedy", "greedy", text=task.render(best.candidate)), None) for _ in range(s.beta)]
+    return plan
+
+
+def neighbourhood_member(s: Settings, task, history, islands, rng):
+    """One NS member's prompt: a variation of a seed picked among the top-k (MiGrATe), of an island's top-k
+    (Evo), or a better answer than the top-k listed worst to best (OPRO). On-policy while history is empty."""
+    top = history.top(s.topk)
+    if not top:
+        return Member("neighbourhood", "policy"), task.prompt()
+    if s.seed_choice == "opro":
+        ranked = [(e.candidate, e.score) for e in reversed(top)]
+        return Member("neighbourhood", "opro"), task.opro_prompt(ranked)
+    if s.seed_choice == "evo":
+        seed, _ = islands.pick_seed(rng, s.topk)
+    else:
+        seed = rng.choice(top).candidate
+    return Member("neighbourhood", "ns", seed=seed), task.neighbourhood_prompt(seed)
+
+
+def sample_members(policy: Policy, task, plan, generator) -> None:
+    """Fill in text and tokens of every prompted member with one batched sampler call."""
+    from sampler import generate
+    s, tok = policy.s, policy.tok
+    prompted = [(m, p) for m, p in plan if p is not None]
+    if not prompted:
+        return
+    out = generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
+                   temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
+                   compile=s.compile_sampler)
+    policy_prefix = task.prompt().prefix
+    for (m, p), ids in zip(prompted, out.tokens):
+        m.text = p.prefix + tok.decode([t for t in ids if t not in tok.eos_ids])
+        # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
+        # otherwise the text after that prefix is re-encoded (set in training_tokens).
+        m.tokens = list(ids) if p.prefix == policy_prefix else []
+
+
+def training_tokens(policy: Policy, task, m: Member) -> list[int]:
+    """Completion ids of a member as an answer to the on-policy prompt (its response prefix stripped)."""
+    if m.tokens:
+        return m.tokens
+    prefix = task.prompt().prefix
+    body = m.text[len(prefix):] if m.text.startswith(prefix) else m.text
+    return policy.tok.encode(body) + [policy.end_of_turn]
+
+
+def score_members(task, history, plan, iteration: int) -> None:
+    for m, _ in plan:
+        cands = task.parse(m.text)
+        m.candidates = history.score(task, cands, iteration, m.origin)
+        m.reward = max((c["score"] for c in m.candidates), default=0.0)
+
+
+def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
+    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter; returns loss and clip statistics."""
+    import torch
+    from grpo import group_advantages, grpo_loss, policy_logprobs
+    from model import lora_disabled
+    s, model = policy.s, policy.model
+    rewards = torch.tensor([m.reward for m in members])
+    advantages = group_advantages(rewards)
+    keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
+    if not keep.any() or advantages.abs().max() == 0:
+        return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
+    ids, mask = pad_group(policy.prompt_ids(task.prompt()), [training_tokens(policy, task, m) for m in members],
+                          s.device)
+    ref = None
+    if s.beta_kl > 0:
+        with torch.no_grad(), lora_disabled(model):
+            ref = policy_logprobs(model, ids, compiled=s.compile_logprobs)
+    model.train()
+    stats = {}
+    for step in range(s.mu):
+        logp = policy_logprobs(model, ids, compiled=s.compile_logprobs)
+        if step == 0:
+            old = logp.detach()  # the policy before the first step (simplification 4)
+        loss, stats = grpo_loss(logp, old, advantages.to(logp.device), mask, member_mask=keep.to(logp.device),
+                                eps_low=s.eps_low, eps_high=s.eps_high, ref_logp=ref, beta_kl=s.beta_kl)
+        policy.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        policy.optimizer.step()
+    model.eval()
+    return dict(loss=float(loss), **{k: float(v) for k, v in stats.items()})
+
+
+def pad_group(prompt: list[int], completions: list[list[int]], device):
+    """(G, P + L) ids of the shared prompt followed by each completion, right-padded, and the (G, P + L - 1)
+    mask of the positions whose next token is a completion token (log-prob index j predicts token j + 1)."""
+    import torch
+    P, L = len(prompt), max(len(c) for c in completions)
+    ids = torch.zeros(len(completions), P + L, dtype=torch.long)
+    mask = torch.zeros(len(completions), P + L - 1)
+    for i, c in enumerate(completions):
+        ids[i, :P] = torch.tensor(prompt)
+        ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, P - 1:P - 1 + len(c)] = 1.0
+    return ids.to(device), mask.to(device)
+
+
+def run_iteration(state, policy: Policy, task) -> dict:
+    """Sample, score, build the group, update: one MiGrATe iteration. Returns its log record."""
+    s, it = policy.s, state.iteration + 1
+    t0 = time.time()
+    plan = plan_group(s, task, state.history, state.islands, state.rng)
+    sample_members(policy, task, plan, state.generator)
+    t1 = time.time()
+    score_members(task, state.history, plan, it)
+    t2 = time.time()
+    members = [m for m, _ in plan]
+    if s.seed_choice == "evo":
+        add_to_islands(state, members, it)
+    update = grpo_update(policy, task, members) if s.update and members else {}
+    t3 = time.time()
+    best = state.history.best()
+    return dict(iteration=it, evaluations=state.history.evaluations,
+                best_score=best.score if best else 0.0, best=best.candidate if best else None,
+                mean_reward=sum(m.reward for m in members) / max(len(members), 1),
+                members=[dict(origin=m.origin, prompt=m.prompt_kind, seed=m.seed, reward=m.reward,
+                              candidates=m.candidates, text=m.text) for m in members],
+                **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+
+
+def add_to_islands(state, members: list[Member], iteration: int) -> None:
+    """Children join their seed's island; other finds join a random island; migrate every few iterations."""
+    isl = state.islands
+    for m in members:
+        home = next((i for i, pool in enumerate(isl.islands) if m.seed in pool), None)
+        for c in m.candidates:
+            if c["status"] != "over_budget":
+                isl.add(c["candidate"], c["score"], home if home is not None else state.rng.randrange(isl.n_islands))
+    if iteration % isl.migrate_every == 0:
+        isl.migrate()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A run: state, resume, files.
+
+@dataclass
+class RunState:
+    history: object
+    islands: object
+    rng: random.Random
+    generator: object  # torch.Generator of the sampler
+    iteration: int = 0
+    finished: bool = False
+
+
+def new_state(s: Settings, task) -> RunState:
+    import torch
+    from history import History, Islands
+    rng = random.Random(s.seed)
+    state = RunState(History(s.budget), Islands(s.islands, s.island_size, migrate_every=s.migrate_every), rng,
+                     torch.Generator(device=s.device).manual_seed(s.seed))
+    warm = task.warm_start(rng)
+    for r in state.history.score(task, warm, 0, "warm"):
+        if s.seed_choice == "evo" and r["status"] == "new":
+            state.islands.add(r["candidate"], r["score"], rng.randrange(s.islands))
+    return state
+
+
+def save_state(run_dir: Path, state: RunState, policy: Policy) -> None:
+    """Everything needed to continue exactly, written atomically (a crash leaves the previous state)."""
+    import torch
+    from model import lora_state_dict
+    blob = dict(iteration=state.iteration, finished=state.finished, history=state.history, islands=state.islands,
+                rng=state.rng.getstate(), generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
+                adapter=lora_state_dict(policy.model) if policy.s.update else None,
+                optimizer=policy.optimizer.state_dict() if policy.optimizer else None)
+    tmp = run_dir / "state.pt.tmp"
+    torch.save(blob, tmp)
+    os.replace(tmp, run_dir / "state.pt")
+
+
+def load_state(run_dir: Path, s: Settings, policy: Policy) -> RunState:
+    import torch
+    from model import load_lora_state_dict
+    blob = torch.load(run_dir / "state.pt", weights_only=False)
+    rng = random.Random()
+    rng.setstate(blob["rng"])
+    gen = torch.Generator(device=s.device)
+    gen.set_state(blob["generator"])
+    torch.set_rng_state(blob["torch_rng"])
+    if s.update:
+        load_lora_state_dict(policy.model, blob["adapter"])
+        policy.optimizer.load_state_dict(blob["optimizer"])
+    return RunState(blob["history"], blob["islands"], rng, gen, blob["iteration"], blob["finished"])
+
+
+def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dict:
+    """Run (or continue) one search to its budget; returns the summary written to best.json."""
+    from tqdm import tqdm
+    run_dir.mkdir(parents=True, exist_ok=True)
+    policy.reset()
+    log_path = run_dir / "history.jsonl"
+    if (run_dir / "state.pt").exists():
+        state = load_state(run_dir, s, policy)
+        keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
+    else:
+        state = new_state(s, task)
+        log_path.write_text("")
+        save_state(run_dir, state, policy)
+    bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
+               disable=quiet, dynamic_ncols=True)
+    while not state.finished:
+        record = run_iteration(state, policy, task)
+        state.iteration = record["iteration"]
+        solved = record["best_score"] >= task.solved_score
+        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop))
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_state(run_dir, state, policy)
+        bar.update(1)
+        bar.set_postfix_str(f"evals {record['evaluations']} best {record['best_score']:.3f} "
+                            f"{str(record['best'])[:24]!r} mean {record['mean_reward']:.3f}")
+    bar.close()
+    return write_results(run_dir, s, state, policy, task)
+
+
+def keep_log_lines(path: Path, iterations: int) -> None:
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    path.write_text("".join(l for l in lines if json.loads(l)["iteration"] <= iterations))
+
+
+def write_results(run_dir: Path, s: Settings, state: RunState, policy: Policy, task) -> dict:
+    from checkpoint import write_safetensors
+    from model import lora_state_dict
+    records = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines()]
+    best = state.history.best()
+    entries = [dataclasses.asdict(e) for e in state.history.top(len(state.history.entries))]
+    summary = dict(target=s.target, strategy=s.strategy, seed=s.seed,
+                   best=best.candidate if best else None, best_score=best.score if best else 0.0,
+                   solved=bool(best and best.score >= task.solved_score),
+                   evaluations=state.history.evaluations, iterations=state.iteration,
+                   first_solved_at=first_evaluation_reaching(records, task.solved_score),
+                   report=task.report(entries), top=entries[:10])
+    atomic_write(run_dir / "best.json", json.dumps(summary, indent=1))
+    if s.update:
+        write_safetensors(run_dir / "adapter.safetensors", lora_state_dict(policy.model))
+    atomic_write(run_dir / "plot.svg", plot_svg(records, f"{s.task} / {s.target} / {s.strategy}"))
+    return summary
+
+
+def first_evaluation_reaching(records: list[dict], threshold: float) -> int | None:
+    hit = next((r for r in records if r["best_score"] >= threshold), None)
+    return hit["evaluations"] if hit else None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot_svg(records: list[dict], title: str, w=640, h=360, pad=48) -> str:
+    """Best-so-far and group mean reward per iteration as a dependency-free SVG (open it in any browser)."""
+    n = max(len(records), 1)
+    x = lambda i: pad + (w - 2 * pad) * (i / max(n - 1, 1))
+    y = lambda v: h - pad - (h - 2 * pad) * v
+    line = lambda key: " ".join(f"{x(i):.1f},{y(r[key]):.1f}" for i, r in enumerate(records))
+    ticks = "".join(f'<line x1="{pad}" x2="{w - pad}" y1="{y(v)}" y2="{y(v)}" stroke="#ddd"/>'
+                    f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v:.1f}</text>' for v in (0, .25, .5, .75, 1))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">'
+            f'<rect width="{w}" height="{h}" fill="white"/>{ticks}'
+            f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>'
+            f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">iteration (1..{len(records)})</text>'
+            f'<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{line("best_score")}"/>'
+            f'<polyline fill="none" stroke="#ff7f0e" stroke-width="1.5" points="{line("mean_reward")}"/>'
+            f'<text x="{w - pad}" y="{pad - 14}" text-anchor="end" fill="#1f77b4">best so far</text>'
+            f'<text x="{w - pad}" y="{pad}" text-anchor="end" fill="#ff7f0e">group mean reward</text></svg>')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line, sweeps over targets (split across torchrun ranks), summary.
+
+class UsageError(Exception):
+    """Bad input, reported as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="MiGrATe: test-time GRPO search for one black-box problem.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--task", default="wordsearch", help="wordsearch, molecule, arc, or module:path of your own Task")
+    a("--target", help="one target (a word, an objective such as rediscover:celecoxib, an ARC task id)")
+    a("--targets", help="comma-separated targets or a named set (e.g. paper): one independent search each")
+    a("--strategy", default="migrate", choices=STRATEGIES, help="which method of the paper to run")
+    a("--model", help="HF checkpoint folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    a("--out", help="run folder (default runs/TASK-STRATEGY-seedN)")
+    a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings")
+    a("--seed", type=int, help="seed of sampling, warm start and LoRA init [0]")
+    a("--budget", type=int, help="black-box evaluations per target, warm start included [unlimited]")
+    a("--iterations", type=int, help="iterations per target [task default]")
+    a("--alpha", type=int, help="on-policy members per group [strategy preset]")
+    a("--beta", type=int, help="greedy members per group (best past solution) [strategy preset]")
+    a("--gamma", type=int, help="neighbourhood members per group [strategy preset]")
+    a("--topk", type=int, help="NS seeds are drawn among the top-k past solutions [task default]")
+    a("--mu", type=int, help="optimiser steps per group [task default]")
+    a("--lr", type=float, help="AdamW learning rate of the LoRA adapter [task default]")
+    a("--lora-r", type=int, help="LoRA rank [task default]")
+    a("--lora-alpha", type=int, help="LoRA alpha (scale alpha/r) [task default]")
+    a("--lora-dropout", type=float, help="LoRA dropout [0]")
+    a("--beta-kl", type=float, help="KL penalty to the base model [0]")
+    a("--max-new-tokens", type=int, help="tokens sampled per completion [task default]")
+    a("--temperature", type=float, help="sampling temperature [1.0]")
+    a("--top-p", type=float, help="nucleus sampling threshold [1.0]")
+    a("--islands", type=int, help="MiGrATe-Evo: number of islands [4]")
+    a("--migrate-every", type=int, help="MiGrATe-Evo: iterations between migrations [5]")
+    a("--no-early-stop", action="store_true", help="keep searching after the problem is solved")
+    a("--device", help="cpu or cuda [cuda if available]")
+    a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
+    a("--compile", action="store_true", help="torch.compile the sampler's decode step")
+    a("--compile-logprobs", action="store_true", help="torch.compile the fused log-prob chunk")
+    a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
+    a("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# flags that are settings (the rest choose what to run and where)
+SETTING_FLAGS = ("seed", "budget", "iterations", "alpha", "beta", "gamma", "topk", "mu", "lr", "lora_r",
+                 "lora_alpha", "lora_dropout", "beta_kl", "max_new_tokens", "temperature", "top_p", "islands",
+                 "migrate_every")
+
+
+def resolve_settings(args, task_cls) -> Settings:
+    """Paper defaults of the task and strategy, overridden by the flags the user gave."""
+    d = task_cls.defaults
+    if args.strategy not in d.presets:
+        raise UsageError(f"task {task_cls.name} has no preset for strategy {args.strategy}")
+    preset = d.presets[args.strategy]
+    s = Settings(task=args.task, target="", strategy=args.strategy, model=args.model,
+                 alpha=preset.alpha, beta=preset.beta, gamma=preset.gamma, seed_choice=preset.seed_choice,
+                 update=preset.update, topk=d.topk, mu=d.mu, lr=d.lr, lora_r=d.lora_r, lora_alpha=d.lora_alpha,
+                 max_new_tokens=d.max_new_tokens, temperature=d.temperature, iterations=d.iterations)
+    for name in SETTING_FLAGS:
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if args.budget is not None and args.iterations is None:
+        s.iterations = args.budget  # the budget decides; the iteration cap only guards against a stuck search
+    s.early_stop = not args.no_early_stop
+    s.compile_sampler, s.compile_logprobs = args.compile, args.compile_logprobs
+    if args.arc_data:
+        s.task_options["arc_data"] = args.arc_data
+    check_settings(s)
+    return s
+
+
+def check_settings(s: Settings) -> None:
+    for name in ("budget", "iterations", "topk", "mu", "max_new_tokens", "lora_r", "islands", "migrate_every"):
+        if getattr(s, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    for name in ("alpha", "beta", "gamma"):
+        if getattr(s, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(s, name)}")
+    if s.group_size == 0:
+        raise UsageError("the group is empty: alpha + beta + gamma must be positive")
+    if s.lr <= 0 or s.temperature < 0 or not 0 < s.top_p <= 1:
+        raise UsageError("--lr must be > 0, --temperature >= 0 and --top-p in (0, 1]")
+
+
+def expand_targets(args, task_cls) -> list[str]:
+    if args.target and args.targets:
+        raise UsageError("give --target or --targets, not both")
+    if args.targets:
+        names = task_cls.target_sets.get(args.targets) or [t.strip() for t in args.targets.split(",") if t.strip()]
+    else:
+        names = [args.target or task_cls.default_target]
+    return names
+
+
+def load_task_class(name: str):
+    """A built-in task by name, or 'package.module' / 'path/to/file.py' defining and registering a Task."""
+    import importlib
+    import importlib.util
+    import tasks
+    if name.endswith(".py") or "." in name or ":" in name:
+        path = name.split(":")[0]
+        if path.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+            if spec is None or not Path(path).exists():
+                raise UsageError(f"task file {path} not found")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(path)
+        found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, tasks.Task)
+                 and v is not tasks.Task]
+        if not found:
+            raise UsageError(f"{name} defines no tasks.Task subclass")
+        return found[-1]
+    try:
+        return tasks.task_class(name)
+    except KeyError as e:
+        raise UsageError(e.args[0])
+
+
+def slug(target: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target)
+
+
+def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
+    """Write config.json for a new run; for --resume, check the folder's settings instead of overwriting them."""
+    config = dict(settings=dataclasses.asdict(s), targets=targets)
+    if args.resume:
+        out = Path(args.resume)
+        saved = read_config(out)
+        given = {k: v for k, v in config["settings"].items() if k not in ("target",)}
+        differs = [k for k, v in given.items() if saved["settings"].get(k) != v]
+        if differs:
+            k = differs[0]
+            raise UsageError(f"{out} was run with {k}={saved['settings'].get(k)!r}, not {given[k]!r}; "
+                             "resume with the same settings or choose another --out")
+        return out
+    out = Path(args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
+    if (out / "config.json").exists():
+        if read_config(out) == json.loads(json.dumps(config)):
+            raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
+        raise UsageError(f"{out} holds a run with other settings; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", 0)) == 0:
+        atomic_write(out / "config.json", json.dumps(config, indent=1))
+    return out
+
+
+def read_config(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{out} is not a run folder (no readable config.json)")
+
+
+def settings_from_resume(args) -> argparse.Namespace:
+    """For --resume: the saved command-line choices, with any flag the user gave on top (checked later)."""
+    saved = read_config(Path(args.resume))
+    st = saved["settings"]
+    args.task, args.strategy, args.model = st["task"], st["strategy"], args.model or st["model"]
+    args.targets = ",".join(saved["targets"])
+    args.target = None
+    for name in SETTING_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, st[name])
+    args.no_early_stop = args.no_early_stop or not st["early_stop"]
+    args.arc_data = args.arc_data or st["task_options"].get("arc_data")
+    args.device, args.dtype = args.device or st["device"], args.dtype or st["dtype"]
+    return args
+
+
+def write_summary(out: Path, targets: list[str]) -> list[dict]:
+    """Per target: best score, solved, evaluations used; markdown and CSV. Every rank rewrites it when it
+    finishes, so the last one to finish leaves the complete table."""
+    rows = []
+    for t in targets:
+        p = out / slug(t) / "best.json"
+        if p.exists():
+            b = json.loads(p.read_text())
+            rows.append(dict(target=t, best_score=round(b["best_score"], 4), solved=b["solved"],
+                             evaluations=b["evaluations"], best=b["best"]))
+        else:
+            rows.append(dict(target=t, best_score=None, solved=None, evaluations=None, best=None))
+    md = ["| target | best score | solved | evaluations | best |", "|---|---|---|---|---|"]
+    md += [f"| {r['target']} | {r['best_score']} | {r['solved']} | {r['evaluations']} | "
+           f"{str(r['best'])[:40].replace('|', '/')} |" for r in rows]
+    rank = os.environ.get("RANK", "0")
+    atomic_write(out / f"summary.md.{rank}", "\n".join(md) + "\n")
+    os.replace(out / f"summary.md.{rank}", out / "summary.md")
+    with open(out / f"summary.csv.{rank}", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(out / f"summary.csv.{rank}", out / "summary.csv")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"migrate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import torch
+    from checkpoint import ModelLoadError, load_model
+    if args.resume:
+        args = settings_from_resume(args)
+    task_cls = load_task_class(args.task)
+    s = resolve_settings(args, task_cls)
+    s.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    s.dtype = args.dtype or ("bfloat16" if s.device == "cuda" else "float32")
+    targets = expand_targets(args, task_cls)
+    tasks_by_target = {}
+    for t in targets:  # build every task first: a bad target fails before any work starts
+        try:
+            tasks_by_target[t] = task_cls(t, **s.task_options)
+        except ValueError as e:
+            raise UsageError(str(e).splitlines()[0] if str(e) else f"bad target {t!r}")
+    out = prepare_out_dir(args, s, targets)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = targets[rank::world]
+    try:
+        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
+    except ModelLoadError as e:
+        raise UsageError(str(e))
+    model.eval()
+    policy = Policy(model, tokenizer, s)
+    try:
+        for t in mine:
+            search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
+              file=sys.stderr)
+        return 130
+    rows = write_summary(out, targets)
+    if not args.quiet:
+        print((out / "summary.md").read_text())
+        print(f"run folder: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

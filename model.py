@@ -1,0 +1,355 @@
+"""Llama-family decoder in plain torch, with a hand-written LoRA.
+
+What is here: RMSNorm, rotary embeddings in the Hugging Face "rotate half" layout (with the optional Llama-3
+frequency rescaling), grouped-query attention through F.scaled_dot_product_attention, a SwiGLU MLP, a tied or
+untied output head, optional q/k/v biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3).
+Parameter names are exactly those of Hugging Face's LlamaForCausalLM, so an HF state dict loads as is.
+The forward pass can read and write a preallocated KV cache (`KVCache`) at explicit slots; the sampler owns the
+cache policy (padding, masks, which slots). LoRA: `LoRALinear` keeps the frozen base weight under its original
+name (`...q_proj.weight`) next to `lora_A` / `lora_B`, so checkpoints load before or after `add_lora`.
+
+Deliberately left out: tokenisation (the model only sees ids), sliding-window attention, MoE, rope types other
+than the default and "llama3", quantised matmuls (weights are dequantised by the loader), tensor parallelism.
+"""
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# enable_gqa (torch >= 2.5) lets SDPA share kv heads without copying them.
+_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    max_seq_len: int = 2048
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    rope_scaling: dict | None = None  # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    #                                     "original_max_position_embeddings"}
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        kind = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
+        if kind not in ("default", "llama3"):
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (only 'llama3')")
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "ModelConfig":
+        """Read a Hugging Face config.json dict (Llama, Qwen2, Qwen3, SmolLM2)."""
+        if "text_config" in cfg:  # multimodal wrappers keep the decoder's settings one level down
+            cfg = cfg["text_config"]
+        try:
+            n_heads = cfg["num_attention_heads"]
+            dim = cfg["hidden_size"]
+            mtype = cfg.get("model_type", "llama")
+            scaling = cfg.get("rope_scaling")
+            if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+                scaling = None
+            return cls(
+                vocab_size=cfg["vocab_size"],
+                dim=dim,
+                n_layers=cfg["num_hidden_layers"],
+                n_heads=n_heads,
+                n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+                head_dim=cfg.get("head_dim") or dim // n_heads,
+                ffn_dim=cfg["intermediate_size"],
+                rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                qkv_bias=bool(cfg.get("attention_bias", False)) or mtype == "qwen2",
+                qk_norm=mtype == "qwen3",
+                rope_scaling=scaling,
+            )
+        except KeyError as e:
+            raise ValueError(f"config.json lacks {e.args[0]!r}; is it a Llama/Qwen-style decoder config?") from None
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,) float32, rescaled by the Llama-3 rule when the config asks."""
+    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+    if not cfg.rope_scaling:
+        return inv
+    s = cfg.rope_scaling
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_ctx = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    # Long wavelengths (low frequencies) are slowed down by `factor`, short ones kept, the band between blended.
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    out = torch.where(wavelen > old_ctx / lo, inv / factor, blended)
+    return torch.where(wavelen < old_ctx / hi, inv, out)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in float32 (as HF does) and scale in the input's dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for every layer, written at explicit slots.
+
+    k, v: (n_layers, B, n_kv_heads, S, head_dim). Before each forward the caller sets:
+    slots  (T,) long: the cache slots the T new tokens are written to (the same for every row);
+    length: attention reads slots [0, length);
+    mask   (B, 1, T, length) bool, True = may attend, or None = causal (then slots must start at 0 when T > 1).
+    """
+    k: torch.Tensor
+    v: torch.Tensor
+    slots: torch.Tensor | None = None
+    length: int = 0
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32) -> "KVCache":
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, h * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, kv * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, kv * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h * hd, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_eps)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)  # (B, T, n_head, head_dim)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, n_head, T, head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        mask = None
+        if cache is not None:
+            cache.k[layer].index_copy_(2, cache.slots, k)
+            cache.v[layer].index_copy_(2, cache.slots, v)
+            k = cache.k[layer][:, :, : cache.length]  # (B, n_kv_head, S, head_dim)
+            v = cache.v[layer][:, :, : cache.length]
+            mask = cache.mask
+        causal = mask is None and T > 1
+        if _HAS_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+        else:
+            rep = cfg.n_heads // cfg.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, layer, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Backbone(nn.Module):
+    """Holds the modules under the `model.` prefix, as in Hugging Face's LlamaForCausalLM."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.rms_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = _Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._register_load_state_dict_pre_hook(self._fill_tied_head)
+
+    def _fill_tied_head(self, state_dict, prefix, *args):
+        # Tied checkpoints usually omit lm_head.weight; it is the embedding matrix.
+        if self.cfg.tie_embeddings and prefix + "lm_head.weight" not in state_dict:
+            emb = state_dict.get(prefix + "model.embed_tokens.weight")
+            if emb is not None:
+                state_dict[prefix + "lm_head.weight"] = emb
+
+    def rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (B, 1, T, head_dim) for integer positions (B, T)."""
+        freqs = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, head_dim // 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, tokens, positions=None, cache: KVCache | None = None, return_hidden=False):
+        """tokens (B, T) long -> logits (B, T, V) float32, or final-norm hidden states (B, T, D).
+
+        positions (B, T): rotary positions; default 0..T-1, or cache.slots when a cache is given.
+        cache: read and written as described in KVCache.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            base = cache.slots if cache is not None else torch.arange(T, device=tokens.device)
+            positions = base.expand(B, T)
+        x = self.model.embed_tokens(tokens)  # (B, T, D)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, i, cache)
+        x = self.model.norm(x)
+        if return_hidden:
+            return x
+        return self.lm_head(x).float()
+
+
+# ----------------------------------------------------------------------------------------------------- LoRA
+
+class LoRALinear(nn.Module):
+    """y = x W^T + b + scale * dropout(x) A^T B^T, with W, b frozen. A is kaiming-uniform, B zero, so the
+    adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {r}")
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device,
+                                               dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device,
+                                               dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the nn.Linear default init
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.disabled = False
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.disabled:
+            return y
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+
+def _lora_modules(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.0) -> list[nn.Parameter]:
+    """Freeze every parameter, wrap each nn.Linear whose name ends in one of `targets`; return the LoRA params."""
+    if _lora_modules(model):
+        raise ValueError("model already has LoRA adapters; call merge_lora first or reuse them")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child_name in targets:
+                lora = LoRALinear(child, r, alpha, dropout)
+                setattr(module, child_name, lora)
+                wrapped += [lora.lora_A, lora.lora_B]
+    if not wrapped:
+        raise ValueError(f"no nn.Linear named any of {tuple(targets)} in the model")
+    return wrapped
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    own = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    if set(own) != set(sd):
+        missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        raise ValueError(f"LoRA state dict does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"LoRA tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+            own[k].copy_(v)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold scale * B @ A into each base weight and put plain nn.Linear modules back."""
+    for name, lora in _lora_modules(model):
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        out_f, in_f = lora.weight.shape
+        linear = nn.Linear(in_f, out_f, bias=lora.bias is not None, device=lora.weight.device,
+                           dtype=lora.weight.dtype)
+        with torch.no_grad():
+            delta = (lora.lora_B.float() @ lora.lora_A.float()) * lora.scale
+            linear.weight.copy_(lora.weight.float() + delta)
+            if lora.bias is not None:
+                linear.bias.copy_(lora.bias)
+        linear.requires_grad_(False)
+        setattr(parent, name.rpartition(".")[2], linear)
+
+
+@contextmanager
+def lora_disabled(model: nn.Module):
+    """Run the base model (adapters switched off) inside the block, e.g. for a KL reference."""
+    mods = [m for _, m in _lora_modules(model)]
+    before = [m.disabled for m in mods]
+    for m in mods:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, b in zip(mods, before):
+            m.disabled = b
