@@ -223,7 +223,7 @@ def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
         loss.backward()
         policy.optimizer.step()
     model.eval()
-    return dict(loss=float(loss), **{k: float(v) for k, v in stats.items()})
+    return dict(loss=float(loss.detach()), **{k: float(v) for k, v in stats.items()})
 
 
 def pad_group(prompt: list[int], completions: list[list[int]], device):

@@ -213,17 +213,22 @@ def _raise_timeout(signum, frame):
     raise TimeoutError
 
 
-def vina_worker(protein: str, smiles: str, timeout_s: float, num_cpus: int) -> float | None:
-    """Dock one molecule in a worker process; None on any failure or after timeout_s seconds.
+def dockstring_vina(protein: str, smiles: str, num_cpus: int) -> float | None:
+    """dockstring's Vina score (kcal/mol) of one molecule; raises on a docking failure."""
+    from dockstring import load_target
+    vina, _aux = load_target(protein).dock(smiles, num_cpus=num_cpus)
+    return None if vina is None else float(vina)
+
+
+def vina_worker(dock_fn, protein: str, smiles: str, timeout_s: float, num_cpus: int) -> float | None:
+    """Run dock_fn on one molecule in a worker process; None on any failure or after timeout_s seconds.
 
     The alarm interrupts dockstring's wait on its Vina subprocess, and subprocess.run kills the child on the way
     out, so a stuck docking frees its worker."""
-    from dockstring import load_target
     signal.signal(signal.SIGALRM, _raise_timeout)
     signal.alarm(max(1, math.ceil(timeout_s)))
     try:
-        vina, _aux = load_target(protein).dock(smiles, num_cpus=num_cpus)
-        return None if vina is None else float(vina)
+        return dock_fn(protein, smiles, num_cpus)
     except BaseException:  # DockingError, TimeoutError, Open Babel failures: all mean "no score"
         return None
     finally:
@@ -233,8 +238,10 @@ def vina_worker(protein: str, smiles: str, timeout_s: float, num_cpus: int) -> f
 class DockingOracle:
     """Vina scores of many SMILES at once, from a lazily started pool of worker processes."""
 
-    def __init__(self, protein: str, workers: int | None = None, timeout_s: float = 90.0, worker_fn=vina_worker):
-        self.protein, self.timeout_s, self.worker_fn = protein, timeout_s, worker_fn
+    def __init__(self, protein: str, workers: int | None = None, timeout_s: float = 90.0,
+                 dock_fn=dockstring_vina):
+        # dock_fn must be a module-level function: spawned workers receive it by name
+        self.protein, self.timeout_s, self.dock_fn = protein, timeout_s, dock_fn
         cpus = multiprocessing.cpu_count() or 2
         self.workers = workers or max(1, min(8, cpus // 2))
         self.cpus_per_job = max(1, cpus // self.workers)  # Vina is multi-threaded: share the cores, do not oversubscribe
@@ -246,7 +253,7 @@ class DockingOracle:
         if self.pool is None:
             # spawn, not fork: the parent holds torch threads, and forking a threaded process can deadlock
             self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
-        jobs = [self.pool.apply_async(self.worker_fn, (self.protein, s, self.timeout_s, self.cpus_per_job))
+        jobs = [self.pool.apply_async(vina_worker, (self.dock_fn, self.protein, s, self.timeout_s, self.cpus_per_job))
                 for s in smiles]
         # Each worker enforces its own timeout; this outer bound only guards against a worker that died.
         waves = math.ceil(len(smiles) / self.workers)
@@ -361,7 +368,8 @@ class MoleculeTask(tasks.Task):
             return []
 
     def render(self, candidate: str) -> str:
-        return f'{RESPONSE_PREFIX}{candidate}"]}}'
+        # json.dumps escapes the backslash of stereo bonds (C/C=C\\C), so the completion is valid JSON
+        return RESPONSE_PREFIX + json.dumps(candidate)[1:-1] + '"]}'
 
     def score(self, candidates: list[str]) -> list[float]:
         todo = [c for c in dict.fromkeys(candidates) if c not in self.cache]

@@ -1,0 +1,152 @@
+"""Sampling throughput (new tokens/s) of sampler.generate against Hugging Face `generate`, same weights, one run.
+
+Default: the bundled SmolLM2-135M-Instruct (loaded with checkpoint.load_model; the same float32 state dict is
+copied into transformers' LlamaForCausalLM), the same chat prompts (4 distinct ones, ragged, repeated to fill the
+batch, as the MiGrATe loop asks), temperature 1, no top-k/top-p, 64 new tokens with EOS switched off in both so
+every row runs to the end. Each timed call is a whole generate (prefill + decode); ours and HF alternate, the
+best of --repeats is kept. Must run under an interpreter that has transformers (the reference venv):
+
+    /tmp/refenv/bin/python bench/sampler.py                     # CPU, batch 1 and 16
+    /tmp/refenv/bin/python bench/sampler.py --device cuda --config llama-1b --dtype bfloat16 --batch 1 16 64
+
+`--config llama-1b` builds a random Llama-3.2-1B-shaped model (no download); on CUDA it also times our compiled
+decode step and prints batch-1 time per token against weight bytes / peak memory bandwidth (--bandwidth GB/s).
+Left out: memory use, prompt-length sweeps, quantised weights.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import ModelConfig, Transformer  # noqa: E402
+from sampler import generate  # noqa: E402
+
+QUESTIONS = ["Name a kitchen tool made of cast iron.",
+             "Write one English noun that is related to the word 'metal'. Answer with the word only.",
+             "Give a SMILES string of a small drug-like molecule.",
+             "List three colours."]
+LLAMA_1B = dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=True,
+                rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+
+
+def load_ours(args):
+    """(model, prompts as token-id lists)."""
+    if args.config == "llama-1b":
+        torch.manual_seed(0)
+        with torch.device(args.device):
+            model = Transformer(ModelConfig.from_hf(LLAMA_1B))
+        for p in model.parameters():
+            p.data.normal_(0, 0.02)
+        model = model.to(getattr(torch, args.dtype)).eval()
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, 128000, (n,), generator=g).tolist() for n in (40, 52, 33, 47)]
+        return model, prompts
+    from checkpoint import load_model
+    model, tok = load_model(None, device=args.device, dtype=getattr(torch, args.dtype))
+    prompts = [tok.encode(tok.chat([{"role": "user", "content": q}])) for q in QUESTIONS]
+    return model, prompts
+
+
+def hf_copy(model: Transformer):
+    """transformers' LlamaForCausalLM holding the same tensors."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = model.cfg
+    hc = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
+                     num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
+                     head_dim=c.head_dim, rope_theta=c.rope_theta, rms_norm_eps=c.rms_eps,
+                     max_position_embeddings=c.max_seq_len, tie_word_embeddings=c.tie_embeddings,
+                     rope_scaling=dict(c.rope_scaling, rope_theta=c.rope_theta) if c.rope_scaling else None)
+    w = model.lm_head.weight
+    with torch.device(w.device):
+        hf = LlamaForCausalLM(hc).to(w.dtype).eval()
+    hf.load_state_dict(model.state_dict(), strict=False)
+    return hf
+
+
+def time_ours(model, prompts, n_new, device, compile=False):
+    g = torch.Generator(device=device).manual_seed(0)
+    sync(device)
+    t0 = time.perf_counter()
+    out = generate(model, prompts, n_new, temperature=1.0, generator=g, compile=compile)
+    sync(device)
+    dt = time.perf_counter() - t0
+    assert all(len(t) == n_new for t in out.tokens)
+    return dt
+
+
+def time_hf(hf, prompts, n_new, device):
+    from transformers import GenerationConfig
+    P = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # left padding
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device)
+    gc = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n_new,
+                          min_new_tokens=n_new, eos_token_id=None, pad_token_id=0)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(input_ids=ids, attention_mask=mask, generation_config=gc)
+    sync(device)
+    dt = time.perf_counter() - t0
+    assert out.shape[1] == P + n_new
+    return dt
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--config", default="smollm2", choices=["smollm2", "llama-1b"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--no-hf", action="store_true", help="time only our sampler")
+    ap.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s for the batch-1 roofline (H100 SXM)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, base = load_ours(args)
+    hf = None if args.no_hf else hf_copy(model)
+    cuda = args.device.startswith("cuda")
+    paths = {"ours": lambda p: time_ours(model, p, args.new_tokens, args.device)}
+    if cuda:
+        paths["ours-compiled"] = lambda p: time_ours(model, p, args.new_tokens, args.device, compile=True)
+    if hf is not None:
+        paths["hf"] = lambda p: time_hf(hf, p, args.new_tokens, args.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"# {args.config} ({n_params / 1e6:.0f}M params, {args.dtype}) on {args.device}, "
+          f"{torch.get_num_threads()} threads, {args.new_tokens} new tokens, best of {args.repeats}")
+    print(f"{'batch':>5} " + " ".join(f"{k + ' tok/s':>19}" for k in paths) + "   ours/hf")
+    for b in args.batch:
+        prompts = [base[i % len(base)] for i in range(b)]
+        for fn in paths.values():  # warm-up (and compilation)
+            fn(prompts[:b])
+        best = {k: float("inf") for k in paths}
+        for _ in range(args.repeats):
+            for k, fn in paths.items():
+                best[k] = min(best[k], fn(prompts))
+        rate = {k: b * args.new_tokens / v for k, v in best.items()}
+        ratio = f"{rate['ours'] / rate['hf']:9.2f}" if "hf" in rate else ""
+        print(f"{b:5d} " + " ".join(f"{r:19.1f}" for r in rate.values()) + "  " + ratio, flush=True)
+        if cuda and b == 1:
+            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            floor_ms = weight_bytes / (args.bandwidth * 1e9) * 1e3
+            for k in rate:
+                print(f"#   batch 1 {k}: {1e3 / rate[k]:.2f} ms/token; weights {weight_bytes / 1e9:.2f} GB / "
+                      f"{args.bandwidth:.0f} GB/s = {floor_ms:.2f} ms floor ({floor_ms * rate[k] / 1e3:.0%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The GRPO objective of MiGrATe and the per-token log-probs it needs, as pure functions of tensors.
+
+What is here:
+1. `group_advantages`: reward minus the group mean, no division by the std (as in the paper).
+2. `grpo_loss`: the token-level clipped surrogate with asymmetric clipping (DAPO's "clip-higher"), members with
+   reward 0 masked out of the loss (they still count in the group mean that made the advantages), a mean over a
+   sequence's tokens and then over the kept sequences, and an optional k3 KL penalty to the base model.
+3. `token_logprobs`: log p(target) from final hidden states and the output matrix, chunk of rows by chunk, so
+   that neither forward nor backward holds a float32 (tokens, vocab) tensor; `naive_token_logprobs` is its slow
+   twin (full logits, `log_softmax`, `gather`) that the tests hold it equal to.
+4. `policy_logprobs`: next-token log-probs of a whole sequence under a model (`model(ids, return_hidden=True)`).
+
+Left out on purpose: a value model, reward normalisation by the std, entropy bonuses, sequence-level ratios
+(GSPO), importance weights against a behaviour policy other than `old_logp`, and hand-written kernels (the
+chunk functions are plain torch; `compiled=True` hands them to torch.compile).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """rewards (G,) -> advantages (G,) float32: reward - mean(rewards). No std division (the paper's choice)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.dim() != 1 or rewards.numel() == 0:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
+    return rewards - rewards.mean()
+
+
+def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, eps_high=0.28,
+              ref_logp=None, beta_kl=0.0):
+    """Clipped GRPO loss (a scalar to minimise) and detached scalar statistics.
+
+    logp, old_logp (B, T): log-probs of the sampled tokens under the current policy (with grad) and under the
+        policy that produced the group (no grad). advantages (B,). mask (B, T): 1 on completion tokens.
+    member_mask (B,) bool or None: members that enter the loss (MiGrATe: reward > 0); None keeps all.
+    ref_logp (B, T) or None: base-model log-probs for the KL penalty, weighted by beta_kl.
+
+    Math, per token t of member i (A_i its advantage):
+        r_it   = exp(logp_it - old_logp_it)
+        s_it   = min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
+        kl_it  = exp(ref_it - logp_it) - (ref_it - logp_it) - 1            (k3 estimator, >= 0)
+        l_i    = sum_t mask_it * (-s_it + beta_kl * kl_it) / sum_t mask_it
+        loss   = sum_i keep_i * l_i / sum_i keep_i
+    Gradient wrt logp_it is -r_it A_i / (n_i K) where the unclipped branch is the minimum, 0 where the clip is
+    active (r > 1 + eps_high with A > 0, or r < 1 - eps_low with A < 0).
+    """
+    if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
+        raise ValueError(f"logp, old_logp and mask must share one (B, T) shape, got {tuple(logp.shape)}, "
+                         f"{tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must have shape ({logp.shape[0]},), got {tuple(advantages.shape)}")
+    mask = mask.to(logp.dtype)
+    keep = torch.ones_like(advantages, dtype=logp.dtype) if member_mask is None else member_mask.to(logp.dtype)
+    A = advantages.to(logp.dtype)[:, None]  # (B, 1)
+
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    per_token = -torch.minimum(ratio * A, clipped * A)  # (B, T)
+    kl = None
+    if ref_logp is not None:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0  # (B, T)
+        if beta_kl:
+            per_token = per_token + beta_kl * kl
+
+    def seq_then_batch_mean(x):  # mean over a sequence's tokens, then over the kept sequences
+        per_seq = (x * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B,)
+        return (per_seq * keep).sum() / keep.sum().clamp(min=1.0)
+
+    loss = seq_then_batch_mean(per_token)
+    with torch.no_grad():
+        tok = mask * keep[:, None]  # the tokens that enter the loss
+        n = tok.sum().clamp(min=1.0)
+        low = ((ratio < 1.0 - eps_low) & (A < 0)).to(tok.dtype)
+        high = ((ratio > 1.0 + eps_high) & (A > 0)).to(tok.dtype)
+        stats = dict(clip_low=(low * tok).sum() / n, clip_high=(high * tok).sum() / n,
+                     ratio_mean=(ratio * tok).sum() / n,
+                     kl=seq_then_batch_mean(kl) if kl is not None else torch.zeros((), device=logp.device))
+        stats["clip_fraction"] = stats["clip_low"] + stats["clip_high"]
+    return loss, stats
+
+
+# ------------------------------------------------------------------------------------------ per-token log-probs
+
+def naive_token_logprobs(hidden, weight, targets):
+    """The slow twin: full (B, T, V) float32 logits, log_softmax, gather. hidden (B, T, D), weight (V, D)."""
+    logits = (hidden @ weight.T).float()  # (B, T, V)
+    return logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def _chunk_forward(h, w, y, want_dh: bool):
+    """Rows h (C, D), targets y (C,) -> log p(y) (C,), logsumexp (C,), and d log p(y) / d h (C, D) or None.
+
+    d log p(y) / d h = w[y] - softmax(h w^T) @ w, computed here while the chunk's probabilities are at hand,
+    so that backward needs no second pass over the vocabulary unless w itself needs a gradient.
+    """
+    logits = (h @ w.T).float()  # (C, V), the model dtype's matmul, float32 softmax
+    lse = torch.logsumexp(logits, dim=-1)  # (C,)
+    logp = logits.gather(-1, y[:, None]).squeeze(-1) - lse
+    dh = None
+    if want_dh:
+        probs = logits.sub_(lse[:, None]).exp_()  # (C, V), in place: logits are not needed any more
+        dh = w[y].float() - (probs.to(w.dtype) @ w).float()  # (C, D)
+    return logp, lse, dh
+
+
+def _chunk_weight_grad(h, w, y, lse, g):
+    """d/dw of sum_c g_c log p(y_c) for one chunk: (onehot(y) - softmax)^T (g * h), recomputing the logits."""
+    logits = (h @ w.T).float()  # (C, V)
+    coef = logits.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax, in place
+    coef.scatter_add_(1, y[:, None], g[:, None])  # + g * onehot(y)
+    return coef.to(w.dtype).T @ h  # (V, D)
+
+
+_COMPILED = {}
+
+
+def _chunk_fns(compiled: bool):
+    """The two chunk functions, plain or wrapped once per process in torch.compile."""
+    if not compiled:
+        return _chunk_forward, _chunk_weight_grad
+    if not _COMPILED:
+        _COMPILED["fwd"] = torch.compile(_chunk_forward, dynamic=False)
+        _COMPILED["wgrad"] = torch.compile(_chunk_weight_grad, dynamic=False)
+    return _COMPILED["fwd"], _COMPILED["wgrad"]
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Chunked log p(target) with a chunked backward; peak extra memory is a few (chunk, V) float32 tensors.
+
+    Saved for backward: d log p / d hidden (N, D) float32 when hidden needs a gradient (no vocabulary pass in
+    backward then: grad_hidden = g * dh), and the logsumexp (N,) when the weight needs one (then backward
+    recomputes each chunk's logits once). LoRA training freezes the output matrix, so the common case is the
+    first: two vocabulary matmuls in all, as many as the naive path.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, compiled):
+        fwd, _ = _chunk_fns(compiled)
+        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        N = hidden.shape[0]
+        logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        dh = torch.empty(N, hidden.shape[1], dtype=torch.float32, device=hidden.device) if want_dh else None
+        for s in range(0, N, chunk):
+            lp, ls, d = fwd(hidden[s:s + chunk], weight, targets[s:s + chunk], want_dh)
+            logp[s:s + chunk], lse[s:s + chunk] = lp, ls
+            if want_dh:
+                dh[s:s + chunk] = d
+        ctx.chunk, ctx.compiled, ctx.hidden_dtype = chunk, compiled, hidden.dtype
+        ctx.save_for_backward(hidden if want_dw else None, weight if want_dw else None, targets, lse, dh)
+        return logp
+
+    @staticmethod
+    def backward(ctx, g):  # g (N,) float32: upstream gradient of each token's log-prob
+        hidden, weight, targets, lse, dh = ctx.saved_tensors
+        grad_h = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_h = (g[:, None] * dh).to(ctx.hidden_dtype)
+        if ctx.needs_input_grad[1]:
+            _, wgrad = _chunk_fns(ctx.compiled)
+            acc = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            for s in range(0, hidden.shape[0], ctx.chunk):
+                sl = slice(s, s + ctx.chunk)
+                acc += wgrad(hidden[sl], weight, targets[sl], lse[sl], g[sl].float())
+            grad_w = acc.to(weight.dtype)
+        return grad_h, grad_w, None, None, None
+
+
+def token_logprobs(hidden, weight, targets, chunk_tokens=1024, compiled=False):
+    """hidden (B, T, D), weight (V, D), targets (B, T) long -> log p(targets) (B, T) float32.
+
+    Chunk of `chunk_tokens` rows by chunk: logits = hidden @ weight^T in the model dtype, log-softmax in
+    float32, gather. Equal to naive_token_logprobs (values and gradients) without its (B*T, V) tensors.
+    """
+    if hidden.dim() != 3 or targets.shape != hidden.shape[:2] or weight.dim() != 2 or \
+            weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"expected hidden (B, T, D), weight (V, D), targets (B, T); got {tuple(hidden.shape)}, "
+                         f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    B, T, D = hidden.shape
+    h = hidden.reshape(B * T, D)  # (N, D)
+    y = targets.reshape(B * T)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        out = _ChunkedLogprobs.apply(h, weight, y, chunk_tokens, compiled)
+    else:
+        fwd, _ = _chunk_fns(compiled)
+        out = torch.cat([fwd(h[s:s + chunk_tokens], weight, y[s:s + chunk_tokens], False)[0]
+                         for s in range(0, B * T, chunk_tokens)]) if B * T else h.new_zeros(0, dtype=torch.float32)
+    return out.reshape(B, T)
+
+
+def policy_logprobs(model, input_ids, compiled=False, chunk_tokens=1024):
+    """input_ids (B, T) -> (B, T-1) float32: log-prob of token t+1 given tokens 0..t under `model`."""
+    hidden = model(input_ids, return_hidden=True)[:, :-1]  # (B, T-1, D)
+    return token_logprobs(hidden, model.lm_head.weight, input_ids[:, 1:], chunk_tokens, compiled)

@@ -1,0 +1,181 @@
+"""Batched sampling with a preallocated KV cache.
+
+Scheme (gpt-fast / nanochat style):
+1. Each DISTINCT prompt is prefilled once. Prompts are left-padded to the longest one, so every row's last
+   prompt token sits in the same cache slot P-1 and generated token t goes to slot P+t for all rows. Each row
+   keeps its own rotary positions (0 at its first real token) and a key mask hides its padding slots.
+2. The prefilled cache rows are copied into a decode cache of B = len(prompts) rows, one per request.
+3. Decoding runs one token per step for all live rows: sample, write, forward. Every `check_every` steps the
+   host looks at the new tokens (the only synchronisation): a row ends at its first EOS id or when its decoded
+   text contains a stop string; finished rows are then dropped from the batch (cache rows included), and the
+   loop ends when no row is left.
+Sampling uses the exponential trick, argmax(p / E) with E ~ Exp(1) drawn from the given torch.Generator,
+which picks token i with probability p_i and is reproducible for a fixed seed.
+
+Deliberately left out: beam search, repetition penalties, speculative decoding, paged caches, prompts
+prefilled in chunks, a shared prefix across different prompts.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model import KVCache, Transformer
+
+
+@dataclass
+class Samples:
+    tokens: list[list[int]]  # generated ids per row, up to and including the EOS/stop token, no padding
+    logprobs: list[list[float]]  # log-prob of each token under the distribution it was sampled from
+    text: list[str] | None  # decode(tokens) per row when a decode function was given
+    finish: list[str]  # "eos", "stop" or "length"
+
+
+def sample_logits(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """logits (B, V) float32 -> (token (B,) long, logprob (B,) float32).
+
+    The log-prob is taken under the tempered, top-k/top-p filtered distribution that was sampled from; at
+    temperature 0 (greedy) it is the untempered model log-prob, since the greedy point mass says nothing.
+    """
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, F.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        probs, order = torch.sort(F.softmax(logits, -1), dim=-1, descending=True)
+        # Drop a token when the mass before it already reaches top_p (the most likely token always stays).
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    logp = F.log_softmax(logits, -1)
+    noise = torch.empty_like(logp).exponential_(generator=generator)
+    tok = (logp.exp() / noise).argmax(-1)
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+def _decode_step(model, tok, pos, cache):
+    """One token for every live row: tok, pos (B, 1) -> logits (B, V) float32."""
+    hidden = model(tok, pos, cache, return_hidden=True)[:, -1]  # (B, D)
+    return F.linear(hidden, model.lm_head.weight).float()
+
+
+def _prefill(model: Transformer, prompts: list[list[int]], device):
+    """Left-padded prefill of distinct prompts -> (cache (U rows, P slots), last logits (U, V), pad (U,))."""
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    P = int(lens.max())
+    pad = P - lens  # (U,)
+    tokens = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    slots = torch.arange(P, device=device)
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (U, P)
+    cache = KVCache.empty(model.cfg, len(prompts), P, device, model.lm_head.weight.dtype)
+    cache.slots, cache.length = slots, P
+    if int(pad.max()) > 0:
+        key_ok = slots[None, :] >= pad[:, None]  # (U, P): real tokens only
+        causal = slots[:, None] >= slots[None, :]  # (P, P)
+        # A padding query may see itself, so no softmax row is empty (that would give NaN in the cache).
+        cache.mask = (causal & (key_ok[:, None, :] | torch.eye(P, dtype=torch.bool, device=device)))[:, None]
+    hidden = model(tokens, positions, cache, return_hidden=True)[:, -1]  # (U, D)
+    return cache, F.linear(hidden, model.lm_head.weight).float(), pad
+
+
+def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
+    """Smallest n > start with a stop string in decode(ids[:n]), or None."""
+    if not any(s in decode(ids) for s in stop):
+        return None
+    for n in range(start + 1, len(ids) + 1):
+        text = decode(ids[:n])
+        if any(s in text for s in stop):
+            return n
+    return len(ids)
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
+             eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=8) -> Samples:
+    """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1 or check_every < 1:
+        raise ValueError("need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1 and check_every >= 1")
+    if stop and decode is None:
+        raise ValueError("stop strings need a decode function")
+    B, eos = len(prompts), set(int(e) for e in eos_ids)
+    out_tok, out_lp = [[] for _ in range(B)], [[] for _ in range(B)]
+    finish = ["length"] * B
+    with torch.inference_mode():
+        _run(model, prompts, max_new_tokens, (temperature, top_k, top_p, generator), eos, decode, tuple(stop),
+             compile, check_every, out_tok, out_lp, finish)
+    text = [decode(t) for t in out_tok] if decode is not None else None
+    return Samples(out_tok, out_lp, text, finish)
+
+
+def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_every, out_tok, out_lp, finish):
+    """The decode loop; fills out_tok, out_lp and finish in place."""
+    if max_new == 0:
+        return
+    device = model.lm_head.weight.device
+    # Prefill each distinct prompt once; row_src maps every request to its prefilled row.
+    uniq: dict[tuple, int] = {}
+    row_src = torch.tensor([uniq.setdefault(tuple(p), len(uniq)) for p in prompts], device=device)
+    small, logits, pad = _prefill(model, [list(p) for p in uniq], device)
+    P, S = small.length, small.length + max_new
+    cache = KVCache.empty(model.cfg, len(prompts), S, device, small.k.dtype)
+    cache.k[:, :, :, :P] = small.k[:, row_src]  # (n_layers, B, n_kv_heads, P, head_dim)
+    cache.v[:, :, :, :P] = small.v[:, row_src]
+    del small
+    logits, pad = logits[row_src], pad[row_src]
+    slot_ids = torch.arange(S, device=device)
+    key_ok = slot_ids[None, :] >= pad[:, None]  # (B, S)
+    pos = (P - pad)[:, None]  # (B, 1): position of the first generated token = prompt length
+    padded = bool(pad.any())
+    alive = list(range(len(prompts)))  # request index of each live batch row
+    step = torch.compile(_decode_step, dynamic=True) if compile else _decode_step
+    toks, lps = [], []  # this window's (B_live,) tensors
+    for t in range(max_new):
+        tok, lp = sample_logits(logits, *sampling)
+        toks.append(tok)
+        lps.append(lp)
+        last = t == max_new - 1
+        if len(toks) == check_every or last:
+            keep = _collect(alive, torch.stack(toks, 1).tolist(), torch.stack(lps, 1).tolist(), eos, decode, stop,
+                            out_tok, out_lp, finish)
+            toks, lps = [], []
+            if not keep or last:
+                return
+            if len(keep) < len(alive):  # drop finished rows from every per-row tensor
+                idx = torch.tensor(keep, device=device)
+                cache.k, cache.v = cache.k[:, idx], cache.v[:, idx]
+                key_ok, pos, tok = key_ok[idx], pos[idx], tok[idx]
+                alive = [alive[i] for i in keep]
+        # Write the sampled token at slot P + t and read slots [0, P + t + 1), or the full cache when compiled
+        # (static shapes, one graph).
+        cache.slots = slot_ids[P + t:P + t + 1]
+        cache.length = S if compile else P + t + 1
+        if padded or compile:
+            cache.mask = (key_ok & (slot_ids <= P + t))[:, None, None, :cache.length]  # (B, 1, 1, length)
+        logits = step(model, tok[:, None], pos + t, cache)
+
+
+def _collect(alive, toks, lps, eos, decode, stop, out_tok, out_lp, finish) -> list[int]:
+    """Append a window of new tokens to each live row and mark finished rows; return batch rows to keep."""
+    keep = []
+    for b, r in enumerate(alive):
+        start = len(out_tok[r])
+        new = toks[b]
+        cut = next((i + 1 for i, x in enumerate(new) if x in eos), None)  # tokens kept, EOS included
+        out_tok[r] += new[:cut]
+        out_lp[r] += lps[b][:cut]
+        if cut is not None:
+            finish[r] = "eos"
+        if stop:
+            n = _first_stop(out_tok[r], start, decode, stop)
+            if n is not None and (cut is None or n < start + cut):
+                del out_tok[r][n:], out_lp[r][n:]
+                finish[r] = "stop"
+        if finish[r] == "length":
+            keep.append(b)
+    return keep

@@ -1,0 +1,233 @@
+"""Tests for model.py: logits pinned to Hugging Face, config parsing, rope scaling, KV cache, LoRA."""
+import math
+
+import pytest
+import torch
+
+from model import (KVCache, LoRALinear, ModelConfig, Transformer, add_lora, load_lora_state_dict, lora_disabled,
+                   lora_state_dict, merge_lora, rope_inv_freq)
+from tests.tiny_model import tiny_config, tiny_model
+
+TOKENS = torch.tensor([[5, 17, 42, 3, 88, 60, 1, 29, 71, 12, 9, 33]])
+LLAMA3_TINY = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+
+# Golden logits from transformers 5.23 (LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, eager attention)
+# loaded with tiny_model(1, **overrides).state_dict(), input TOKENS; columns logits[0, -1, :6] and
+# logits[0, 4, 10:14]. Produced by this script under /tmp/refenv/bin/python (max |ours - HF| was < 7e-7):
+#   m = tiny_model(1, **over); c = m.cfg
+#   hc = {Llama,Qwen2,Qwen3}Config(vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.n_layers,
+#        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim,
+#        intermediate_size=c.ffn_dim, rope_theta=c.rope_theta, rms_norm_eps=c.rms_eps,
+#        max_position_embeddings=c.max_seq_len, tie_word_embeddings=c.tie_embeddings,
+#        [rope_scaling=dict(c.rope_scaling, rope_theta=c.rope_theta)]); hc._attn_implementation = "eager"
+#   hf = ...ForCausalLM(hc).eval(); hf.load_state_dict(m.state_dict(), strict=False)
+#   print(hf(TOKENS).logits[0, -1, :6].tolist(), hf(TOKENS).logits[0, 4, 10:14].tolist())
+GOLDEN = {
+    "llama": ({}, [-0.4686623215675354, 1.474525809288025, -0.009765167720615864, -0.6628488898277283,
+                   -0.2890546917915344, 0.6269100308418274],
+              [0.5739884376525879, -0.025926100090146065, -0.29840919375419617, 0.8288025259971619]),
+    "llama3_rope": (dict(rope_scaling=LLAMA3_TINY),
+                    [-0.4680178761482239, 1.4722754955291748, 0.00891545694321394, -0.653144359588623,
+                     -0.26562902331352234, 0.6171033382415771],
+                    [0.5481737852096558, -0.024415604770183563, -0.34230753779411316, 0.856191098690033]),
+    "qwen2": (dict(qkv_bias=True, tie_embeddings=False),
+              [0.7850174307823181, 0.6391792893409729, 1.0314483642578125, 0.36235108971595764,
+               0.4818301498889923, 0.021497806534171104],
+              [0.5174276828765869, 0.08807604014873505, -0.17901721596717834, -0.115943044424057]),
+    "qwen3": (dict(qk_norm=True),
+              [-0.7784061431884766, 1.0382702350616455, 0.01943489909172058, -0.1827186793088913,
+               -0.030444221571087837, 0.02118789218366146],
+              [0.3557470738887787, -0.9481462240219116, 0.34121206402778625, 0.5115318298339844]),
+}
+VARIANTS = {name: over for name, (over, _, _) in GOLDEN.items()} | {"untied": dict(tie_embeddings=False)}
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_logits_match_hugging_face(name):
+    over, last, mid = GOLDEN[name]
+    with torch.no_grad():
+        logits = tiny_model(1, **over)(TOKENS)
+    assert logits.dtype == torch.float32 and logits.shape == (1, 12, 97)
+    torch.testing.assert_close(logits[0, -1, :6], torch.tensor(last), atol=2e-6, rtol=0)
+    torch.testing.assert_close(logits[0, 4, 10:14], torch.tensor(mid), atol=2e-6, rtol=0)
+
+
+def test_llama3_rope_scaling_hand_computed():
+    # head_dim 8, theta 1e4 -> inv_freq 1, 0.1, 0.01, 0.001 (wavelengths 6.3, 63, 628, 6283).
+    # Context 1000, low 1, high 4: wavelengths < 250 kept, > 1000 divided by 8, between blended.
+    cfg = tiny_config(head_dim=8, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 1000})
+    inv = rope_inv_freq(cfg).double()
+    smooth = (1000 / (2 * math.pi / 0.01) - 1) / (4 - 1)  # 0.19718...
+    middle = (1 - smooth) * 0.01 / 8 + smooth * 0.01  # 0.00297535...
+    expected = torch.tensor([1.0, 0.1, middle, 0.001 / 8], dtype=torch.float64)
+    torch.testing.assert_close(inv, expected, rtol=1e-5, atol=0)
+    assert abs(middle - 0.0029753524) < 1e-9
+    plain = rope_inv_freq(tiny_config(head_dim=8)).double()
+    torch.testing.assert_close(plain, torch.tensor([1.0, 0.1, 0.01, 0.001], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_from_hf_configs():
+    smol = ModelConfig.from_hf({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+                                "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+                                "rms_norm_eps": 1e-5, "rope_theta": 100000, "tie_word_embeddings": True,
+                                "vocab_size": 49152, "max_position_embeddings": 8192})
+    assert (smol.dim, smol.n_heads, smol.n_kv_heads, smol.head_dim, smol.ffn_dim) == (576, 9, 3, 64, 1536)
+    assert smol.tie_embeddings and not smol.qkv_bias and not smol.qk_norm and smol.rope_scaling is None
+    assert smol.rope_theta == 100000.0 and smol.max_seq_len == 8192
+    qwen2 = ModelConfig.from_hf({"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+                                 "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+                                 "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+                                 "vocab_size": 151936})
+    assert qwen2.qkv_bias and not qwen2.qk_norm and qwen2.head_dim == 64 and qwen2.rms_eps == 1e-6
+    qwen3 = ModelConfig.from_hf({"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
+                                 "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+                                 "head_dim": 128, "attention_bias": False, "tie_word_embeddings": True,
+                                 "vocab_size": 151936})
+    assert qwen3.qk_norm and not qwen3.qkv_bias and qwen3.head_dim == 128
+    scaling = {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+               "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+    llama = ModelConfig.from_hf({"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+                                 "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+                                 "vocab_size": 128256, "rope_scaling": scaling})
+    assert llama.rope_scaling == scaling and not llama.tie_embeddings and llama.head_dim == 64
+
+
+def test_bad_configs_raise_clear_errors():
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelConfig.from_hf({"num_attention_heads": 4})
+    with pytest.raises(ValueError, match="multiple"):
+        tiny_config(n_heads=4, n_kv_heads=3)
+    with pytest.raises(ValueError, match="yarn"):
+        tiny_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})
+
+
+def test_parameter_names_and_tied_head_loading():
+    model = tiny_model(0)
+    names = set(model.state_dict())
+    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+            "model.layers.1.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
+            "model.layers.0.post_attention_layernorm.weight"} <= names
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    # A tied checkpoint without lm_head.weight loads strictly.
+    sd = {k: v for k, v in tiny_model(3).state_dict().items() if k != "lm_head.weight"}
+    model.load_state_dict(sd)
+    torch.testing.assert_close(model.lm_head.weight, sd["model.embed_tokens.weight"])
+    qwen = tiny_model(0, qkv_bias=True, qk_norm=True)
+    assert {"model.layers.0.self_attn.k_proj.bias", "model.layers.0.self_attn.q_norm.weight"} <= set(qwen.state_dict())
+
+
+def _cached_logits(model, seq: torch.Tensor, n_prefill: int) -> torch.Tensor:
+    """Prefill seq[:, :n_prefill] into a KV cache, then feed one token at a time; logits (B, T, V)."""
+    B, T = seq.shape
+    cache = KVCache.empty(model.cfg, B, T)
+    cache.slots, cache.length = torch.arange(n_prefill), n_prefill
+    out = [model(seq[:, :n_prefill], cache=cache)]
+    for t in range(n_prefill, T):
+        cache.slots, cache.length = torch.tensor([t]), t + 1
+        out.append(model(seq[:, t:t + 1], cache=cache))
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cached_decoding_equals_full_forward(name):
+    # float32, tolerance 1e-5: cached and uncached paths differ only by summation order.
+    model = tiny_model(2, **VARIANTS[name])
+    seq = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(seq)
+        cached = _cached_logits(model, seq, 7)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_states_feed_the_head():
+    model = tiny_model(0)
+    with torch.no_grad():
+        hidden = model(TOKENS, return_hidden=True)
+        torch.testing.assert_close(hidden @ model.lm_head.weight.T, model(TOKENS))
+    assert hidden.shape == (1, 12, 32)
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+
+def test_lora_starts_as_identity_and_trains_only_adapters():
+    model = tiny_model(0)
+    with torch.no_grad():
+        before = model(TOKENS)
+    params = add_lora(model, r=4, alpha=8)
+    assert len(params) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, LoRALinear)
+    assert not isinstance(model.model.layers[0].self_attn.k_proj, LoRALinear)
+    out = model(TOKENS)
+    torch.testing.assert_close(out, before, atol=0, rtol=0)
+    out.logsumexp(-1).sum().backward()
+    trainable = {id(p) for p in params}
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert p.requires_grad
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # With B = 0 the gradient reaches B (not A): d/dA passes through B.
+    lora = model.model.layers[0].self_attn.q_proj
+    assert lora.lora_B.grad.abs().sum() > 0 and lora.lora_A.grad.abs().sum() == 0
+    assert lora.scale == 2.0
+
+
+def _randomise_lora(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def test_lora_merge_disable_and_state_dict_round_trip():
+    model = tiny_model(0)
+    with torch.no_grad():
+        base = model(TOKENS)
+    add_lora(model, r=4, alpha=16)
+    _randomise_lora(model)
+    with torch.no_grad():
+        adapted = model(TOKENS)
+        assert (adapted - base).abs().max() > 1e-2  # the adapter really changes the output
+        with lora_disabled(model):
+            torch.testing.assert_close(model(TOKENS), base, atol=0, rtol=0)
+        torch.testing.assert_close(model(TOKENS), adapted, atol=0, rtol=0)  # switch restored
+    # Round trip into a fresh adapter whose A differs.
+    sd = lora_state_dict(model)
+    assert set(sd) == {f"model.layers.{i}.self_attn.{p}_proj.lora_{ab}" for i in range(2) for p in "qv" for ab in "AB"}
+    other = tiny_model(0)
+    torch.manual_seed(123)
+    add_lora(other, r=4, alpha=16)
+    load_lora_state_dict(other, sd)
+    with torch.no_grad():
+        torch.testing.assert_close(other(TOKENS), adapted, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        load_lora_state_dict(other, {k: v for k, v in sd.items() if "layers.0" not in k})
+    # Base weights keep their Hugging Face names under the adapter.
+    assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(TOKENS), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_on_biased_projections_and_errors():
+    model = tiny_model(0, qkv_bias=True)
+    with torch.no_grad():
+        base = model(TOKENS)
+    add_lora(model, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r=2, alpha=2)
+    _randomise_lora(model, 1)
+    with torch.no_grad():
+        adapted = model(TOKENS)
+    merge_lora(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(TOKENS), adapted, atol=1e-5, rtol=1e-5)
+        assert (adapted - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        add_lora(tiny_model(0), targets=("wq",))
+    m = tiny_model(0)
+    add_lora(m)
+    with pytest.raises(ValueError, match="already"):
+        add_lora(m)

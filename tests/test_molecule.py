@@ -1,0 +1,263 @@
+"""Tests of the molecule task: SMILES parsing, the RDKit objectives, prompts, and the docking plumbing.
+
+Literal values were computed once with RDKit 2026.09.1 (the version in this environment), e.g.
+    python -c "from rdkit import Chem; from rdkit.Chem import QED; print(QED.qed(Chem.MolFromSmiles('CC(=O)Oc1ccccc1C(=O)O')))"
+and are also re-derived from RDKit inside the tests where that is possible.
+"""
+import builtins
+import json
+import math
+import random
+import time
+
+import pytest
+from rdkit import Chem, DataStructs
+from rdkit.Chem import QED, Crippen, Descriptors, rdFingerprintGenerator
+
+import tasks
+from tasks import molecule
+from tasks.molecule import MoleculeTask
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+CELECOXIB = molecule.DRUGS["celecoxib"]
+
+
+def rdkit_canon(smiles):
+    return Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
+
+
+# -- parsing ------------------------------------------------------------------------------------------------
+
+def test_parse_well_formed_completion_canonicalises_in_order():
+    task = MoleculeTask("qed")
+    text = task.prompt().prefix + 'OC(=O)c1ccccc1OC(C)=O", "C1=CC=CC=C1", "CCO"]}'
+    assert task.parse(text) == [rdkit_canon(ASPIRIN), "c1ccccc1", "CCO"]
+
+
+def test_parse_removes_duplicates_after_canonicalisation():
+    task = MoleculeTask("qed")
+    # three spellings of ethanol and two of benzene
+    text = '{"response": ["CCO", "OCC", "C(O)C", "c1ccccc1", "C1=CC=CC=C1"]}'
+    assert task.parse(text) == ["CCO", "c1ccccc1"]
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    '{"response": []}',
+    '{"response": ["not a molecule", "xyz", "C1CC", "c1cccc1"]}',  # words, unclosed ring, bad aromaticity
+    '{"response": ["',  # nothing generated after the prefix
+    "I am sorry, I cannot help with chemistry.",
+    '{"response": ["C(C(C(C"]}',  # unbalanced branches
+    '{"response": ["Cq"]}',  # unknown element
+    '{"response": ["\\u00e9thanol", "Ç", "🧪"]}',  # unicode (escaped and raw)
+    '{"response": ["' + "C" * 5000 + '"]}',  # a huge string is not a plausible molecule
+    '{"response": [{"smiles": null}, 3, true]}',
+    "\x00\x01\x02\"\"\"\\\\\\",
+])
+def test_parse_gives_nothing_for_malformed_or_adversarial_text(text):
+    assert MoleculeTask("qed").parse(text) == []
+
+
+def test_parse_recovers_valid_molecules_from_messy_output():
+    task = MoleculeTask("qed")
+    nested = '{"response": [["CCO"], {"x": "CCN"}], "other": {"deep": ["c1ccccc1"]}}'
+    assert task.parse(nested) == ["CCO", "CCN", "c1ccccc1"]
+    # several SMILES in one string, and a truncated completion whose last string never closes
+    assert task.parse('{"response": ["CCO, CCN c1ccccc1", "CC(=O') == ["CCO", "CCN", "c1ccccc1"]
+    # invalid entries are skipped, valid ones kept; a bare backslash (not valid JSON) is read literally
+    assert task.parse('{"response": ["junk", "C/C=C\\C", "Cl"]}') == ["C/C=C\\C", "Cl"]
+
+
+def test_parse_caps_the_number_of_candidates():
+    alkanes = ", ".join(f'"{"C" * k}"' for k in range(1, 100))
+    assert len(MoleculeTask("qed").parse('{"response": [' + alkanes + "]}")) == molecule.MAX_CANDIDATES
+
+
+def test_render_parse_round_trip_starts_with_prefix():
+    task = MoleculeTask("rediscover:celecoxib")
+    for smiles in [rdkit_canon(ASPIRIN), rdkit_canon(CELECOXIB), "C/C=C\\C", "C[C@H](N)C(=O)O"]:
+        text = task.render(smiles)
+        assert text.startswith(task.prompt().prefix)
+        assert json.loads(text) == {"response": [smiles]}
+        assert task.parse(text) == [smiles]
+
+
+# -- objectives ---------------------------------------------------------------------------------------------
+
+def test_qed_of_aspirin_matches_rdkit_and_recorded_value():
+    task = MoleculeTask("qed")
+    [score] = task.score([rdkit_canon(ASPIRIN)])
+    assert score == pytest.approx(QED.qed(Chem.MolFromSmiles(ASPIRIN)), abs=1e-12)
+    assert score == pytest.approx(0.5501217966938848, abs=1e-9)  # recorded with RDKit 2026.09.1
+
+
+def test_rediscovery_of_celecoxib_scores_one_and_others_match_tanimoto():
+    task = MoleculeTask("rediscover:celecoxib")
+    aspirin, celecoxib = rdkit_canon(ASPIRIN), rdkit_canon(CELECOXIB)
+    score_aspirin, score_celecoxib = task.score([aspirin, celecoxib])
+    assert score_celecoxib == 1.0
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    fp = lambda s: gen.GetFingerprint(Chem.MolFromSmiles(s))  # noqa: E731
+    assert score_aspirin == pytest.approx(DataStructs.TanimotoSimilarity(fp(ASPIRIN), fp(CELECOXIB)))
+    assert score_aspirin == pytest.approx(5 / 59)  # recorded: 5 shared on-bits of 59 in the union
+    assert task.solved_score == 1.0
+
+
+@pytest.mark.parametrize("drug", sorted(molecule.DRUGS))
+def test_every_named_drug_rediscovers_itself(drug):
+    task = MoleculeTask(f"rediscover:{drug}")
+    assert task.score(task.parse(task.render(rdkit_canon(molecule.DRUGS[drug])))) == [1.0]
+
+
+def test_mpo_is_geometric_mean_of_its_documented_factors():
+    task = MoleculeTask("mpo")
+    m = Chem.MolFromSmiles(CELECOXIB)
+    sa = molecule.load_sascorer().calculateScore(m)
+    assert sa == pytest.approx(2.14436, abs=1e-4)  # recorded with RDKit 2026.09.1 Contrib SA_Score
+    mw = Descriptors.MolWt(m)  # 381.4 Da, inside the 300-450 window
+    expected = (QED.qed(m) * (10 - sa) / 9 * 1.0) ** (1 / 3)
+    assert 300 < mw < 450
+    assert task.score([rdkit_canon(CELECOXIB)]) == [pytest.approx(expected)]
+    # aspirin (180 Da) sits 120 Da below the window: its weight factor is exp(-(120.16 / 75)^2)
+    m = Chem.MolFromSmiles(ASPIRIN)
+    factor = math.exp(-(((300 - Descriptors.MolWt(m)) / 75) ** 2))
+    expected = (QED.qed(m) * (10 - molecule.load_sascorer().calculateScore(m)) / 9 * factor) ** (1 / 3)
+    assert MoleculeTask("mpo").score([ASPIRIN]) == [pytest.approx(expected)]
+
+
+def test_mpo_falls_back_to_the_proxy_without_contrib(monkeypatch):
+    monkeypatch.setattr(molecule, "load_sascorer", lambda: None)
+    task = MoleculeTask("mpo")
+    m = Chem.MolFromSmiles(CELECOXIB)
+    # celecoxib: 26 heavy atoms, no stereo, spiro, bridgehead or macrocycle -> 2 + 26^1.005 - 26
+    proxy = 2 + 26 ** 1.005 - 26
+    assert molecule.sa_proxy(m) == pytest.approx(proxy)
+    assert task.score([rdkit_canon(CELECOXIB)]) == [pytest.approx((QED.qed(m) * (10 - proxy) / 9) ** (1 / 3))]
+
+
+def test_window_desirability_by_hand():
+    assert molecule.window(2.0, 1.0, 3.0, 1.0) == 1.0
+    assert molecule.window(4.0, 1.0, 3.0, 1.0) == pytest.approx(math.exp(-1))
+    assert molecule.window(-1.0, 1.0, 3.0, 0.5) == pytest.approx(math.exp(-16))
+
+
+def test_logp_window_matches_crippen():
+    m = Chem.MolFromSmiles(CELECOXIB)
+    logp = Crippen.MolLogP(m)  # 3.51: just above the window
+    assert MoleculeTask("logp-window").score([rdkit_canon(CELECOXIB)]) == [
+        pytest.approx(math.exp(-((logp - 3.0) ** 2)))]
+
+
+@pytest.mark.parametrize("target", ["qed", "mpo", "logp-window", "rediscover:celecoxib", "rediscover:caffeine"])
+def test_scores_are_in_unit_interval_and_invalid_scores_zero(target):
+    task = MoleculeTask(target)
+    rng = random.Random(0)
+    pool = list(molecule.DRUGS.values()) + molecule.EXAMPLES + ["C", "[Na+].[Cl-]", "C" * 60, "[2H]O[2H]",
+                                                                 "c1ccc2ccccc2c1", "[Fe]", "O=C=O"]
+    smiles = [rdkit_canon(s) for s in rng.sample(pool, len(pool))]
+    scores = task.score(smiles + ["", "not smiles", "C1CC"])
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert scores[-3:] == [0.0, 0.0, 0.0]
+    assert max(scores) > 0
+
+
+# -- prompts ------------------------------------------------------------------------------------------------
+
+def test_prompts_share_the_prefix_and_show_real_examples():
+    task = MoleculeTask("rediscover:celecoxib", n=4)
+    prompts = [task.prompt(), task.neighbourhood_prompt(rdkit_canon(ASPIRIN)),
+               task.opro_prompt([("CCO", 0.1), ("CCN", 0.25)])]
+    for p in prompts:
+        assert p.prefix == '{"response": ["'
+        text = " ".join(m["content"] for m in p.messages)
+        assert "4" in text and "SMILES1" not in text
+        assert all(Chem.MolFromSmiles(s) is not None for s in molecule.EXAMPLES)
+        assert molecule.EXAMPLES[0] in text
+        assert "celecoxib" not in text.lower() and CELECOXIB not in text  # the oracle stays a black box
+    assert rdkit_canon(ASPIRIN) in " ".join(m["content"] for m in prompts[1].messages)
+    opro = prompts[2].messages[-1]["content"]
+    assert opro.index("CCO score: 0.100") < opro.index("CCN score: 0.250")  # worst first, best last
+
+
+def test_examples_are_not_rediscovery_targets():
+    drugs = {rdkit_canon(s) for s in molecule.DRUGS.values()}
+    assert not drugs & {rdkit_canon(s) for s in molecule.EXAMPLES}
+
+
+def test_defaults_follow_the_paper():
+    d = MoleculeTask.defaults
+    assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro",
+                              "migrate-evo"}
+    shape = {k: (p.alpha, p.beta, p.gamma, p.update) for k, p in d.presets.items()}
+    assert shape["grpo"] == (5, 0, 0, True) and shape["grpo-greedy"] == (4, 1, 0, True)
+    assert shape["migrate"] == (2, 1, 2, True) and shape["random"] == (5, 0, 0, False)
+    assert all(p.alpha + p.beta + p.gamma == 5 for p in d.presets.values())  # baselines use GRPO's group size
+    assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (
+        1, 2, 5e-5, 64, 16, 256, 40)
+    assert MoleculeTask.default_target in MoleculeTask.target_sets["rdkit"]
+    assert MoleculeTask("qed").warm_start(random.Random(0)) == []
+    assert tasks.TASKS["molecule"] is MoleculeTask  # registered on import
+
+
+@pytest.mark.parametrize("target", ["", "logp", "rediscover:", "rediscover:unobtainium", "qed:2", "dock"])
+def test_bad_targets_raise_one_line_value_error(target):
+    with pytest.raises(ValueError) as err:
+        MoleculeTask(target)
+    assert "\n" not in str(err.value) and "choose from" in str(err.value)
+
+
+def test_bad_n_raises():
+    with pytest.raises(ValueError):
+        MoleculeTask("qed", n=0)
+
+
+# -- docking ------------------------------------------------------------------------------------------------
+
+def test_dock_score_by_hand():
+    assert molecule.dock_score(-12.0, 1.0) == 1.0
+    assert molecule.dock_score(-10.0, 0.8) == pytest.approx(1 - (-10 + 0.2 + 12) / 10)  # 0.78
+    assert molecule.dock_score(-15.0, 1.0) == 1.0  # clipped above
+    assert molecule.dock_score(-1.0, 0.5) == 0.0  # clipped below
+
+
+def test_docking_without_dockstring_gives_one_line_install_hint(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_dockstring(name, *args, **kwargs):
+        if name == "dockstring" or name.startswith("dockstring."):
+            raise ImportError("No module named 'dockstring'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dockstring)
+    with pytest.raises(molecule.DockingUnavailable) as err:
+        MoleculeTask("dock:DRD2")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "pip install dockstring" in message and "apt-get install openbabel" in message
+    assert isinstance(err.value, ValueError)
+
+
+def fake_vina(protein, smiles, num_cpus):
+    """A stand-in for dockstring (module level, so spawned workers can import it): vina = -(heavy atoms) / 2;
+    a molecule with sulfur hangs and must be stopped by the worker's timeout; one with chlorine fails."""
+    if "S" in smiles:
+        time.sleep(600)
+    if "Cl" in smiles:
+        raise RuntimeError("docking failed")
+    return -Chem.MolFromSmiles(smiles).GetNumAtoms() / 2
+
+
+def test_docking_scores_through_worker_pool(monkeypatch):
+    monkeypatch.setattr(molecule, "check_docking", lambda protein: protein)
+    task = MoleculeTask("dock:DRD2", workers=2, timeout_s=1)
+    task.oracle.dock_fn = fake_vina
+    start = time.monotonic()
+    try:
+        aspirin = rdkit_canon(ASPIRIN)
+        scores = task.score([aspirin, "not smiles", "CCS", "CCCl", aspirin])
+    finally:
+        task.close()
+    assert time.monotonic() - start < 60  # the hung docking was stopped by the 1 s alarm, not the 600 s sleep
+    m = Chem.MolFromSmiles(ASPIRIN)
+    expected = molecule.dock_score(-m.GetNumAtoms() / 2, QED.qed(m))
+    assert scores == [pytest.approx(expected), 0.0, 0.0, 0.0, pytest.approx(expected)]

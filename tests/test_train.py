@@ -1,0 +1,130 @@
+"""The whole loop on a tiny random model: GRPO raises the reward of a toy task, and a stopped run resumes to the
+same history as one that was never stopped."""
+import json
+
+import pytest
+import torch
+
+import migrate
+from tasks import Prompt, Task, TaskDefaults, paper_presets
+from tiny_model import tiny_model
+
+CHARS = "abcdefghijklmnopqrstuvwxyz>?"
+VOCAB = len(CHARS) + 1
+
+
+class TinyTokenizer:
+    """id 0 ends a turn; id i > 0 is CHARS[i - 1], so "a" is id 1."""
+    chat_format = "chatml"
+    eos_ids = {0}
+
+    def chat(self, messages, add_generation_prompt=True, assistant_prefix=""):
+        return "".join(m["content"] for m in messages) + assistant_prefix
+
+    def encode(self, text):
+        return [0] if text == "<|im_end|>" else [CHARS.index(c) + 1 for c in text if c in CHARS]
+
+    def decode(self, ids):
+        return "".join(CHARS[i - 1] for i in ids if i > 0)
+
+
+class CountA(Task):
+    """Every completion is one candidate; its score is the fraction of its characters that are "a"."""
+    name = "count-a"
+    defaults = TaskDefaults(paper_presets(16, (15, 1, 0), (11, 1, 4)), topk=2, mu=2, lr=3e-2, lora_r=4,
+                            lora_alpha=8, max_new_tokens=6, iterations=12)
+
+    def prompt(self):
+        return Prompt([{"role": "user", "content": "say?"}], prefix=">")
+
+    def neighbourhood_prompt(self, seed):
+        return Prompt([{"role": "user", "content": f"like{seed[:4]}?"}], prefix=">")
+
+    def opro_prompt(self, ranked):
+        return self.neighbourhood_prompt(ranked[-1][0])
+
+    def parse(self, text):
+        body = text.removeprefix(">")
+        return [body] if body else []
+
+    def render(self, c):
+        return ">" + c
+
+    def score(self, cands):
+        return [c.count("a") / len(c) for c in cands]
+
+
+def make_policy(strategy, **overrides):
+    args = migrate.build_parser().parse_args(["--strategy", strategy])
+    s = migrate.resolve_settings(args, CountA)
+    s.task, s.target, s.early_stop = "count-a", "x", False
+    for k, v in overrides.items():
+        setattr(s, k, v)
+    torch.manual_seed(0)
+    policy = migrate.Policy(tiny_model(seed=1, vocab_size=VOCAB), TinyTokenizer(), s)
+    return s, policy
+
+
+def strip_timings(records):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
+
+
+def test_grpo_raises_the_mean_reward(tmp_path):
+    s, policy = make_policy("grpo")
+    summary = migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
+    means = [r["mean_reward"] for r in records]
+    first, last = sum(means[:3]) / 3, sum(means[-3:]) / 3
+    assert last > first + 0.1, means  # with this seed: about 0.04 -> 0.22
+    assert records[-1]["loss"] is not None and 0 <= records[-1]["clip_fraction"] <= 1
+    assert summary["iterations"] == 12 and (tmp_path / "adapter.safetensors").exists()
+
+
+def test_inference_only_baseline_does_not_train(tmp_path):
+    s, policy = make_policy("random")
+    before = [p.clone() for p in policy.model.parameters()]
+    migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+    assert not (tmp_path / "adapter.safetensors").exists()
+
+
+@pytest.mark.parametrize("strategy", ["migrate", "migrate-evo"])
+def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, strategy):
+    s, policy = make_policy(strategy, iterations=5)
+    migrate.search(s, tmp_path / "whole", policy, CountA("x"), quiet=True)
+
+    real, calls = migrate.run_iteration, []
+
+    def stop_after_three(*a, **kw):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(migrate, "run_iteration", stop_after_three)
+    s, policy = make_policy(strategy, iterations=5)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+    monkeypatch.setattr(migrate, "run_iteration", real)
+    s, policy = make_policy(strategy, iterations=5)  # a fresh process: new model, state from disk
+    migrate.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+
+    whole = [json.loads(l) for l in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    broken = [json.loads(l) for l in (tmp_path / "broken" / "history.jsonl").read_text().splitlines()]
+    assert len(whole) == len(broken) == 5
+    assert strip_timings(whole) == strip_timings(broken)
+
+
+def test_example_task_runs_through_the_loop(tmp_path):
+    """The README's fork example, three iterations of MiGrATe on the tiny model."""
+    task_cls = migrate.load_task_class("examples/digit_sum.py")
+    args = migrate.build_parser().parse_args(["--iterations", "3"])
+    s = migrate.resolve_settings(args, task_cls)
+    s.task, s.target = "digitsum", "40"
+    policy = migrate.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
+    task = task_cls("40")
+    assert task.score(["99994", "1"]) == [1.0, 1 - 39 / 40]
+    migrate.search(s, tmp_path, policy, task, quiet=True)
+    records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    assert [m["origin"] for m in records[-1]["members"]].count("neighbourhood") == 2
