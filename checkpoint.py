@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model import ModelConfig, Transformer, rope_inv_freq
+from tokenizer import Tokenizer
+
 
 class ModelLoadError(RuntimeError):
     """One-line, actionable message; entry scripts print it without a traceback."""
@@ -290,7 +293,6 @@ def read_gguf(path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def config_from_gguf(metadata: dict, tie_embeddings: bool = True):
     """ModelConfig from GGUF metadata ({arch}.* keys; SmolLM2's file says arch "llama")."""
-    from model import ModelConfig
     arch = metadata.get("general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ModelLoadError(f"GGUF architecture {arch!r} is not supported (llama, qwen2, qwen3)")
@@ -320,7 +322,6 @@ def f32(x) -> float:
 def llama3_scaling_from_factors(factors: torch.Tensor, cfg) -> dict:
     """Llama-3.1-style GGUFs store per-frequency rope divisors (rope_freqs.weight) instead of the rule's numbers.
     Recover the rule with Meta's standard band (1, 4, 8192) and check that it reproduces every factor."""
-    from model import rope_inv_freq
     scaling = {"rope_type": "llama3", "factor": float(factors.max()), "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     base = rope_inv_freq(replace(cfg, rope_scaling=None))
@@ -354,8 +355,6 @@ def load_model(spec: str | None = None, device="cpu", dtype=torch.float32):
 
 
 def _hf_folder(path: Path):
-    from model import ModelConfig
-    from tokenizer import Tokenizer
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json; it is not a Hugging Face model folder")
     try:
@@ -372,7 +371,6 @@ def _hf_folder(path: Path):
 
 
 def _gguf_file(path: Path):
-    from tokenizer import Tokenizer
     metadata, tensors = read_gguf(path)
     cfg = config_from_gguf(metadata, tie_embeddings="lm_head.weight" not in tensors)
     factors = tensors.pop("rope_freqs.weight", None)
@@ -386,7 +384,6 @@ def _gguf_file(path: Path):
 
 
 def _build(cfg, tensors: dict[str, torch.Tensor], path: Path, device, dtype):
-    from model import Transformer
     model = Transformer(cfg)
     own = model.state_dict()
     expected = set(own)

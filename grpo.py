@@ -167,7 +167,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def token_logprobs(hidden, weight, targets, chunk_tokens=1024, compiled=False):
+def token_logprobs(hidden, weight, targets, chunk_tokens=512, compiled=False):
     """hidden (B, T, D), weight (V, D), targets (B, T) long -> log p(targets) (B, T) float32.
 
     Chunk of `chunk_tokens` rows by chunk: logits = hidden @ weight^T in the model dtype, log-softmax in
@@ -191,7 +191,7 @@ def token_logprobs(hidden, weight, targets, chunk_tokens=1024, compiled=False):
     return out.reshape(B, T)
 
 
-def policy_logprobs(model, input_ids, compiled=False, chunk_tokens=1024):
+def policy_logprobs(model, input_ids, compiled=False, chunk_tokens=512):
     """input_ids (B, T) -> (B, T-1) float32: log-prob of token t+1 given tokens 0..t under `model`."""
     hidden = model(input_ids, return_hidden=True)[:, :-1]  # (B, T-1, D)
     return token_logprobs(hidden, model.lm_head.weight, input_ids[:, 1:], chunk_tokens, compiled)

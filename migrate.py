@@ -370,7 +370,7 @@ def write_results(run_dir: Path, s: Settings, state: RunState, policy: Policy, t
     records = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines()]
     best = state.history.best()
     entries = [dataclasses.asdict(e) for e in state.history.top(len(state.history.entries))]
-    summary = dict(target=s.target, strategy=s.strategy, seed=s.seed,
+    summary = dict(target=s.target, strategy=s.strategy, seed=s.seed, rank=int(os.environ.get("RANK", 0)),
                    best=best.candidate if best else None, best_score=best.score if best else 0.0,
                    solved=bool(best and best.score >= task.solved_score),
                    evaluations=state.history.evaluations, iterations=state.iteration,
@@ -419,8 +419,13 @@ class UsageError(Exception):
     """Bad input, reported as one line without a traceback."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"migrate.py: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="MiGrATe: test-time GRPO search for one black-box problem.",
+    p = OneLineParser(description="MiGrATe: test-time GRPO search for one black-box problem.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--task", default="wordsearch", help="wordsearch, molecule, arc, or module:path of your own Task")
@@ -559,8 +564,7 @@ def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
             raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
         raise UsageError(f"{out} holds a run with other settings; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", 0)) == 0:
-        atomic_write(out / "config.json", json.dumps(config, indent=1))
+    atomic_write(out / "config.json", json.dumps(config, indent=1))
     return out
 
 
@@ -588,29 +592,41 @@ def settings_from_resume(args) -> argparse.Namespace:
 
 
 def write_summary(out: Path, targets: list[str]) -> list[dict]:
-    """Per target: best score, solved, evaluations used; markdown and CSV. Every rank rewrites it when it
-    finishes, so the last one to finish leaves the complete table."""
+    """Per target: best score, solved, evaluations used; markdown and CSV (missing targets show as empty)."""
     rows = []
     for t in targets:
         p = out / slug(t) / "best.json"
-        if p.exists():
-            b = json.loads(p.read_text())
-            rows.append(dict(target=t, best_score=round(b["best_score"], 4), solved=b["solved"],
-                             evaluations=b["evaluations"], best=b["best"]))
-        else:
-            rows.append(dict(target=t, best_score=None, solved=None, evaluations=None, best=None))
+        b = json.loads(p.read_text()) if p.exists() else {}
+        rows.append(dict(target=t, best_score=round(b["best_score"], 4) if b else None, solved=b.get("solved"),
+                         evaluations=b.get("evaluations"), best=b.get("best")))
     md = ["| target | best score | solved | evaluations | best |", "|---|---|---|---|---|"]
     md += [f"| {r['target']} | {r['best_score']} | {r['solved']} | {r['evaluations']} | "
            f"{str(r['best'])[:40].replace('|', '/')} |" for r in rows]
-    rank = os.environ.get("RANK", "0")
-    atomic_write(out / f"summary.md.{rank}", "\n".join(md) + "\n")
-    os.replace(out / f"summary.md.{rank}", out / "summary.md")
-    with open(out / f"summary.csv.{rank}", "w", newline="") as f:
+    atomic_write(out / "summary.md", "\n".join(md) + "\n")
+    with open(out / "summary.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    os.replace(out / f"summary.csv.{rank}", out / "summary.csv")
+    os.replace(out / "summary.csv.tmp", out / "summary.csv")
     return rows
+
+
+def on_rank0(fn, world: int):
+    """fn() on rank 0 only; its result, or its UsageError, reaches every rank."""
+    result, error = None, None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            result = fn()
+        except UsageError as e:
+            error = str(e)
+    if world > 1:
+        import torch.distributed as dist
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box
+    if error:
+        raise UsageError(error)
+    return result
 
 
 def main(argv=None) -> int:
@@ -638,8 +654,12 @@ def run(args) -> int:
             tasks_by_target[t] = task_cls(t, **s.task_options)
         except ValueError as e:
             raise UsageError(str(e).splitlines()[0] if str(e) else f"bad target {t!r}")
-    out = prepare_out_dir(args, s, targets)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:  # torchrun: ranks only share the run folder's check and wait for each other at the end
+        import datetime
+        import torch.distributed as dist
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=30))
+    out = on_rank0(lambda: prepare_out_dir(args, s, targets), world)
     mine = targets[rank::world]
     try:
         model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
@@ -654,10 +674,13 @@ def run(args) -> int:
         print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
               file=sys.stderr)
         return 130
-    rows = write_summary(out, targets)
-    if not args.quiet:
-        print((out / "summary.md").read_text())
-        print(f"run folder: {out}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        write_summary(out, targets)
+        if not args.quiet:
+            print((out / "summary.md").read_text() + f"run folder: {out}")
     return 0
 
 

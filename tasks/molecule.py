@@ -292,16 +292,7 @@ class MoleculeTask(tasks.Task):
     """Propose molecules (SMILES) that maximise a chemistry oracle."""
     name = "molecule"
     defaults = tasks.TaskDefaults(
-        presets={
-            "random": tasks.Preset(alpha=5),
-            "ns": tasks.Preset(alpha=0, gamma=5, seed_choice="topk"),
-            "opro": tasks.Preset(alpha=0, gamma=5, seed_choice="opro"),
-            "grpo": tasks.Preset(alpha=5, update=True),
-            "grpo-greedy": tasks.Preset(alpha=4, beta=1, update=True),
-            "migrate": tasks.Preset(alpha=2, beta=1, gamma=2, seed_choice="topk", update=True),
-            "migrate-opro": tasks.Preset(alpha=2, beta=1, gamma=2, seed_choice="opro", update=True),
-            "migrate-evo": tasks.Preset(alpha=2, beta=1, gamma=2, seed_choice="evo", update=True),
-        },
+        presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2)),  # DESIGN.md table
         topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
     )
     target_sets = {

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import (ModelLoadError, dequantize, load_model, read_gguf, read_safetensors, unpermute,
-                        write_safetensors)
+from checkpoint import (ModelLoadError, dequantize, llama3_scaling_from_factors, load_model, read_gguf,
+                        read_safetensors, unpermute, write_safetensors)
+from model import rope_inv_freq
 from tests.tiny_model import tiny_model
 from tokenizer import bytes_to_unicode
 
@@ -195,6 +196,14 @@ def test_hf_folder_errors(tmp_path):
     write_safetensors(tmp_path / "m2" / "model.safetensors", sd)
     with pytest.raises(ModelLoadError, match="lacks model.layers.1.mlp.up_proj.weight"):
         load_model(str(tmp_path / "m2"))
+    # no tokenizer.json, and weights that are not safetensors
+    write_hf_folder(tmp_path / "m4", model)
+    (tmp_path / "m4" / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="no tokenizer.json"):
+        load_model(str(tmp_path / "m4"))
+    (tmp_path / "m2" / "model.safetensors").write_bytes(struct.pack("<Q", 5) + b"hello" + b"\0" * 16)
+    with pytest.raises(ModelLoadError, match="not a safetensors file"):
+        load_model(str(tmp_path / "m2"))
     # a shard listed in the index but absent
     write_hf_folder(tmp_path / "m3", model, tied=False, shards=2)
     (tmp_path / "m3" / "model-00002-of-00002.safetensors").unlink()
@@ -298,3 +307,16 @@ def test_gguf_errors(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="neither a folder nor a .gguf"):
         load_model(str(tmp_path / "weights.bin"))
+
+
+def test_llama3_rope_factors_recovered():
+    """Llama-3.1 GGUFs carry rope_freqs.weight = base frequency / scaled frequency; the rule is recovered."""
+    cfg = tiny_model().cfg.__class__(vocab_size=8, dim=64, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=64,
+                                     ffn_dim=8, rope_theta=500000.0)
+    rule = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    factors = rope_inv_freq(cfg) / rope_inv_freq(cfg.__class__(**{**cfg.__dict__, "rope_scaling": rule}))
+    assert factors[0] == 1.0 and factors[-1] == 32.0  # high frequencies kept, the lowest divided by the factor
+    assert llama3_scaling_from_factors(factors, cfg) == rule
+    with pytest.raises(ModelLoadError, match="rope_freqs"):
+        llama3_scaling_from_factors(torch.linspace(1, 32, 32), cfg)
