@@ -169,7 +169,7 @@ def sample_members(policy: Policy, task, plan, generator) -> None:
         return
     out = generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
                    temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
-                   compile=s.compile_sampler)
+                   decode=tok.decode, stop=task.stop, compile=s.compile_sampler)
     policy_prefix = task.prompt().prefix
     for (m, p), ids in zip(prompted, out.tokens):
         m.text = p.prefix + tok.decode([t for t in ids if t not in tok.eos_ids])
@@ -647,6 +647,11 @@ def run(args) -> int:
     s = resolve_settings(args, task_cls)
     s.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     s.dtype = args.dtype or ("bfloat16" if s.device == "cuda" else "float32")
+    demo = task_cls.defaults.extra.get("demo_iterations")
+    if s.device == "cpu" and demo and args.iterations is None and args.budget is None:
+        s.iterations = demo  # a CPU demo that ends in minutes; the paper's count stays one flag away
+        print(f"CPU demo: {demo} iterations (the paper ran {task_cls.defaults.iterations}: --iterations "
+              f"{task_cls.defaults.iterations})", file=sys.stderr)
     targets = expand_targets(args, task_cls)
     tasks_by_target = {}
     for t in targets:  # build every task first: a bad target fails before any work starts

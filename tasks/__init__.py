@@ -61,6 +61,7 @@ class Task:
     target_sets: dict[str, list[str]] = {}  # named sets usable as --targets NAME, e.g. {"paper": [...]}
     default_target: str = ""
     solved_score: float = 1.0
+    stop: tuple[str, ...] = ()  # strings that end a completion early, e.g. the close of the answer's JSON list
 
     def __init__(self, target: str, **options):
         self.target = target

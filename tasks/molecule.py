@@ -9,6 +9,11 @@ chosen by --target:
 - `qed`, `rediscover:<drug>`, `mpo`, `logp-window`: RDKit-only objectives that take milliseconds per molecule, for
   CPU demos and tests.
 
+Prompts ask for n = 5 molecules per answer (the paper's number) in a JSON list, with the answer forced to start
+with '{"response": ["' and real example SMILES. Measured with SmolLM2-135M-Instruct at temperature 1 (16
+completions per setting, transformers reference, rediscover:celecoxib): a usable SMILES in 3/16 completions at
+n = 1, 4/16 at n = 3 and 2/16 at n = 5, so n barely matters for the untrained 135M model and we keep the paper's 5.
+
 What it leaves out: the paper's molecule runs had no warm start and neither does this task; molecules are not
 filtered for novelty, size or charge (the oracle alone decides); docking poses are not kept; stereo-chemistry is
 kept as written (RDKit's isomeric canonical SMILES), so two stereo-isomers are two candidates.
@@ -244,7 +249,8 @@ class DockingOracle:
         self.protein, self.timeout_s, self.dock_fn = protein, timeout_s, dock_fn
         cpus = multiprocessing.cpu_count() or 2
         self.workers = workers or max(1, min(8, cpus // 2))
-        self.cpus_per_job = max(1, cpus // self.workers)  # Vina is multi-threaded: share the cores, do not oversubscribe
+        # Vina is multi-threaded: share the cores among workers rather than oversubscribe them
+        self.cpus_per_job = max(1, cpus // self.workers)
         self.pool = None
 
     def vina(self, smiles: list[str]) -> list[float | None]:
@@ -291,6 +297,7 @@ def describe(target: str) -> str:
 class MoleculeTask(tasks.Task):
     """Propose molecules (SMILES) that maximise a chemistry oracle."""
     name = "molecule"
+    stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
         presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2)),  # DESIGN.md table
         topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,

@@ -132,7 +132,7 @@ def test_sample_logits_filters_hand_computed():
     tok, lp = sample_logits(logits, temperature=0.5, generator=g)  # p^2 renormalised: 25/39, 9/39, ...
     sharp = probs[0] ** 2 / (probs[0] ** 2).sum()
     torch.testing.assert_close(lp, sharp.log()[tok], atol=1e-6, rtol=0)
-    # The exponential trick samples with the right frequencies (4000 draws, 4 sigma ~ 0.03).
+    # Inverse-CDF sampling gives the right frequencies (4000 draws, 4 sigma ~ 0.03).
     freq = torch.bincount(tok, minlength=4).float() / len(tok)
     assert (freq - sharp).abs().max() < 0.03
 
