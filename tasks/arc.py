@@ -217,6 +217,7 @@ def parse_program(completion: str) -> str | None:
 @tasks.register
 class ArcTask(tasks.Task):
     name = "arc"
+    stop = ("\n```",)  # the close of the code block: nothing after it is read
     defaults = tasks.TaskDefaults(
         presets={
             # inference-only baselines use GRPO's group of 16

@@ -231,3 +231,18 @@ def test_lora_on_biased_projections_and_errors():
     add_lora(m)
     with pytest.raises(ValueError, match="already"):
         add_lora(m)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_decode_attention_equals_sdpa(dtype, tol):
+    from model import decode_attention
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 1, 8, generator=g).to(dtype)
+    k, v = torch.randn(2, 3, 2, 11, 8, generator=g).to(dtype)  # 2 kv heads, 11 keys
+    mask = torch.rand(3, 1, 1, 11, generator=g) > 0.3
+    mask[:, ..., 0] = True  # every row sees at least one key
+    rep = lambda x: x.repeat_interleave(3, dim=1)  # noqa: E731
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), rep(k).float(), rep(v).float(), attn_mask=mask)
+    torch.testing.assert_close(decode_attention(q, k, v, mask).float(), ref, atol=tol, rtol=tol)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), rep(k).float(), rep(v).float())
+    torch.testing.assert_close(decode_attention(q, k, v, None).float(), ref, atol=tol, rtol=tol)
