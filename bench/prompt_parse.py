@@ -3,9 +3,15 @@ against ours, printed side by side in one run.
 
 For each prompt, N completions are sampled at temperature 1 (the loop's setting) and parsed with the task's own
 parser. Printed per prompt: `usable`, the fraction of completions holding at least one real word (an entry of the
-encoder's vocabulary, 2+ letters); `copied`, the fraction whose words are all copied from the prompt's example;
+encoder's vocabulary, 2+ letters); `copied`, the fraction whose words all come from our prompts' example words
+(the naive prompts' placeholders "word1", "word2" are not words: copying them already counts as unusable);
 `distinct`, the number of different words found; `reward`, the mean completion reward (best word's score) for the
 target. The naive prompts are the paper's plain format: a JSON list with placeholder words and no response prefix.
+
+Measured on CPU with the defaults (n=64, seed 0, target computer), usable / copied / distinct:
+on-policy naive 0.23 / - / 22, ours 0.92 / 0.00 / 113; NS naive 0.20 / - / 23, ours 0.80 / 0.09 / 77.
+An earlier on-policy prompt with the example inside the instructions reached 0.94 usable but copied it 77% of
+the time (22 distinct words); moving the example into a past "wrong" answer fixed that.
 
     python bench/prompt_parse.py                    # 64 completions per prompt, target "computer", CPU
     python bench/prompt_parse.py --n 128 --seed 1 --device cuda
@@ -39,8 +45,9 @@ def naive_ns_prompt(seed: str) -> Prompt:
 
 def measure(model, tok, task, prompt: Prompt, vocab: set[str], n: int, max_new: int, gen) -> dict:
     ids = tok.encode(tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix))
+    # stopping at the list's end saves time and changes nothing: the parser ignores text after the list
     out = generate(model, [ids] * n, max_new, temperature=1.0, eos_ids=tok.eos_ids, decode=tok.decode,
-                   generator=gen)
+                   stop=('"]',), generator=gen)
     parsed = [task.parse(prompt.prefix + text) for text in out.text]
     usable = [any(w in vocab for w in words) for words in parsed]
     copied = [bool(words) and all(w in EXAMPLE for w in words) for words in parsed]
@@ -74,7 +81,7 @@ def main(argv=None):
         gen = torch.Generator(args.device).manual_seed(args.seed)  # same random stream for every prompt
         r = measure(model, tok, task, prompt, vocab, args.n, args.max_new_tokens, gen)
         print(f"{name:<16} {r['usable']:>7.2f} {r['copied']:>7.2f} {r['distinct']:>8d} {r['reward']:>7.3f}   "
-              f"e.g. {r['sample'][0]!r}", flush=True)
+              f"e.g. {r['sample'][0][:80]!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ Simplifications against the paper's code, each deliberate:
 2. The warm start draws its 20 random words from the encoder's own vocabulary (whole-word, alphabetic entries of
    at least 3 letters of vocab.txt, the target excluded), not from an external word list: no extra asset.
 3. The encoder loads lazily on the first score, so building the task (e.g. to list its prompts) is cheap.
+4. Prompts are ours, tuned for SmolLM2-135M with bench/prompt_parse.py: every answer is forced to start with
+   '{"response": ["'; the on-policy prompt shows its example as an earlier answer marked wrong (so it is not
+   copied); a string holding "laptop, tablet" counts as two words.
 """
 import json
 import re
@@ -40,7 +43,7 @@ _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _STRING_OR_CLOSE = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\]')
 
 # Real words in the format example: a 135M model copies placeholders such as "word1" verbatim. These two are far
-# from every paper target, so a copied example earns little.
+# from every paper target (cosine 0.08-0.33), so a copied example earns little.
 EXAMPLE = ["river", "candle"]
 
 
@@ -110,6 +113,7 @@ def vocabulary_words(vocab_path, min_len: int = 3) -> list[str]:
 class WordSearch(tasks.Task):
     """Guess a hidden English word from the similarity scores of past guesses."""
     name = "wordsearch"
+    stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
         presets=tasks.paper_presets(10, greedy=(9, 1, 0), migrate=(0, 0, 10)),
         topk=3, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=64, iterations=100,
@@ -159,8 +163,14 @@ class WordSearch(tasks.Task):
                 f"like {json.dumps({'response': EXAMPLE})}")
 
     def prompt(self) -> tasks.Prompt:
-        user = f"Guess the secret word. It is a common English noun. {self._format()}"
-        return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
+        # The example sits in a past, "wrong" assistant turn rather than in the instructions: with the example in
+        # the instructions SmolLM2-135M copied it in 77% of answers, this way in none (bench/prompt_parse.py).
+        ask = (f"Guess the secret word. It is a common English noun. Answer with a JSON object holding a list of "
+               f"{WORDS_PER_ANSWER} different single English words.")
+        return tasks.Prompt([self._system(), {"role": "user", "content": ask},
+                             {"role": "assistant", "content": json.dumps({"response": EXAMPLE})},
+                             {"role": "user", "content": f"Wrong. Guess {WORDS_PER_ANSWER} other common nouns."}],
+                            RESPONSE_PREFIX)
 
     def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
         user = (f'Here is a word: "{seed}". Write {WORDS_PER_ANSWER} new words that are related to it or '
