@@ -6,12 +6,14 @@ batch, as the MiGrATe loop asks), temperature 1, no top-k/top-p, 64 new tokens w
 every row runs to the end. Each timed call is a whole generate (prefill + decode); ours and HF alternate, the
 best of --repeats is kept. Must run under an interpreter that has transformers (the reference venv):
 
-    /tmp/refenv/bin/python bench/sampler.py                     # CPU, batch 1 and 16
+    /tmp/refenv/bin/python bench/sampler.py --threads 1         # CPU, batch 1 and 16
+    /tmp/refenv/bin/python bench/sampler.py --threads 1 --dtype bfloat16
     /tmp/refenv/bin/python bench/sampler.py --device cuda --config llama-1b --dtype bfloat16 --batch 1 16 64
 
 `--config llama-1b` builds a random Llama-3.2-1B-shaped model (no download); on CUDA it also times our compiled
 decode step and prints batch-1 time per token against weight bytes / peak memory bandwidth (--bandwidth GB/s).
-Left out: memory use, prompt-length sweeps, quantised weights.
+On a shared 2-core machine use --threads 1: with another busy process, two OpenMP threads on one free core
+slowed both samplers ~10x in our runs. Left out: memory use, prompt-length sweeps, quantised weights.
 """
 import argparse
 import sys
