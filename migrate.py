@@ -112,9 +112,11 @@ class Policy:
 
 
 def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn; greedy members end with it, as sampled answers do."""
     marker = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}[tokenizer.chat_format]
     ids = tokenizer.encode(marker)
-    assert len(ids) == 1, f"{marker} is not a single special token in this tokenizer"
+    if len(ids) != 1:
+        raise UsageError(f"the model's tokenizer has no single {marker} token; is it a {tokenizer.chat_format} chat model?")
     return ids[0]
 
 

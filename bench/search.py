@@ -35,7 +35,7 @@ def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
         cmd += ["--resume", str(out)]
     else:
         cmd += ["--task", args.task, "--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
-                "--budget", str(args.budget), "--out", str(out), "--no-early-stop"] + args.extra
+                "--budget", str(args.budget), "--out", str(out)] + args.extra
     print(f"[{strategy} seed {seed}] {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
 
