@@ -15,7 +15,6 @@ Left out on purpose: a value model, reward normalisation by the std, entropy bon
 chunk functions are plain torch; `compiled=True` hands them to torch.compile).
 """
 import torch
-import torch.nn.functional as F
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,13 @@
 
 The sampler is replaced by a script that answers each prompt with a fixed completion, so every count, seed and
 score below is known in advance; no model runs here."""
-import random
 import sys
 import types
 
 import pytest
 
 import migrate
+import rundir
 from history import History, Islands
 from tasks import Preset, Prompt, Task, TaskDefaults
 
@@ -228,6 +228,6 @@ def test_bad_settings_are_one_line_errors():
 
 def test_plot_is_an_svg_with_both_lines():
     recs = [dict(best_score=0.2 * i, mean_reward=0.1 * i) for i in range(5)]
-    svg = migrate.plot_svg(recs, "t")
+    svg = rundir.plot_svg(recs, "t")
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     assert "48.0,312.0" in svg  # iteration 1 at score 0: bottom-left corner of the plot area

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model import (KVCache, LoRALinear, ModelConfig, Transformer, add_lora, load_lora_state_dict, lora_disabled,
+from model import (KVCache, LoRALinear, ModelConfig, add_lora, load_lora_state_dict, lora_disabled,
                    lora_state_dict, merge_lora, rope_inv_freq)
 from tests.tiny_model import tiny_config, tiny_model
 
