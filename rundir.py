@@ -95,7 +95,7 @@ def plot_svg(records: list[dict], title: str, w=640, h=360, pad=48) -> str:
     y = lambda v: h - pad - (h - 2 * pad) * v
     line = lambda key: " ".join(f"{x(i):.1f},{y(r[key]):.1f}" for i, r in enumerate(records))
     ticks = "".join(f'<line x1="{pad}" x2="{w - pad}" y1="{y(v)}" y2="{y(v)}" stroke="#ddd"/>'
-                    f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v:.1f}</text>' for v in (0, .25, .5, .75, 1))
+                    f'<text x="{pad - 6}" y="{y(v) + 4}" text-anchor="end">{v:.2f}</text>' for v in (0, .25, .5, .75, 1))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">'
             f'<rect width="{w}" height="{h}" fill="white"/>{ticks}'
             f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>'

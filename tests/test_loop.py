@@ -231,3 +231,4 @@ def test_plot_is_an_svg_with_both_lines():
     svg = rundir.plot_svg(recs, "t")
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     assert "48.0,312.0" in svg  # iteration 1 at score 0: bottom-left corner of the plot area
+    assert ">0.25<" in svg and ">0.75<" in svg  # tick labels are not rounded to a wrong value
