@@ -337,15 +337,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description="MiGrATe: test-time GRPO search for one black-box problem.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="MiGrATe: test-time GRPO search for one black-box problem. "
+                                  "[brackets] give the default.")
     a = p.add_argument
-    a("--task", default="wordsearch", help="wordsearch, molecule, arc, or module:path of your own Task")
-    a("--target", help="one target (a word, an objective such as rediscover:celecoxib, an ARC task id)")
+    a("--task", default="wordsearch", help="wordsearch, molecule, arc, or a file/module of your own Task [wordsearch]")
+    a("--target", help="one target: a word, an objective such as rediscover:celecoxib, an ARC task id [task default]")
     a("--targets", help="comma-separated targets or a named set (e.g. paper): one independent search each")
-    a("--strategy", default="migrate", choices=STRATEGIES, help="which method of the paper to run")
-    a("--model", help="HF checkpoint folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
-    a("--out", help="run folder (default runs/TASK-STRATEGY-seedN)")
+    a("--strategy", default="migrate", choices=STRATEGIES, help="which method of the paper to run [migrate]")
+    a("--model", help="HF checkpoint folder or .gguf file [embedded SmolLM2-135M-Instruct]")
+    a("--out", help="run folder [runs/TASK-STRATEGY-seedN]")
     a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings")
     a("--seed", type=int, help="seed of sampling, warm start and LoRA init [0]")
     a("--budget", type=int, help="black-box evaluations per target, warm start included [unlimited]")
