@@ -294,6 +294,16 @@ def new_state(s: Settings, task) -> RunState:
     return state
 
 
+def warm_start_record(state: RunState) -> dict:
+    """Iteration 0 of the log: the warm-start candidates, scored before the first group."""
+    entries, best = list(state.history.entries.values()), state.history.best()
+    return dict(iteration=0, evaluations=state.history.evaluations, best_score=best.score if best else 0.0,
+                best=best.candidate if best else None,
+                mean_reward=sum(e.score for e in entries) / len(entries) if entries else 0.0,
+                members=[dict(origin="warm", prompt=None, seed=None, reward=e.score, text=None,
+                              candidates=[dict(candidate=e.candidate, score=e.score, status="new")]) for e in entries])
+
+
 def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dict:
     """Run (or continue) one search to its budget; returns the summary written to best.json."""
     from tqdm import tqdm
@@ -305,7 +315,7 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
     else:
         state = new_state(s, task)
-        log_path.write_text("")
+        log_path.write_text(json.dumps(warm_start_record(state)) + "\n")
         save_state(run_dir, state, policy)
     bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
                disable=quiet, dynamic_ncols=True)

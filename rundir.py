@@ -99,7 +99,7 @@ def plot_svg(records: list[dict], title: str, w=640, h=360, pad=48) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">'
             f'<rect width="{w}" height="{h}" fill="white"/>{ticks}'
             f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>'
-            f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">iteration (1..{len(records)})</text>'
+            f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">iteration (0..{len(records) - 1})</text>'
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{line("best_score")}"/>'
             f'<polyline fill="none" stroke="#ff7f0e" stroke-width="1.5" points="{line("mean_reward")}"/>'
             f'<text x="{w - pad}" y="{pad - 14}" text-anchor="end" fill="#1f77b4">best so far</text>'

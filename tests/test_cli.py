@@ -38,7 +38,7 @@ def test_a_run_leaves_its_files(model_dir, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["settings"]["alpha"] == 5 and cfg["settings"]["gamma"] == 2 and cfg["targets"] == ["40"]
     lines = (out / "40" / "history.jsonl").read_text().splitlines()
-    assert [json.loads(l)["iteration"] for l in lines] == [1, 2]
+    assert [json.loads(l)["iteration"] for l in lines] == [0, 1, 2]  # 0: the (empty) warm start
     best = json.loads((out / "40" / "best.json").read_text())
     assert best["evaluations"] == len({c["candidate"] for l in lines for m in json.loads(l)["members"]
                                        for c in m["candidates"]})
@@ -76,7 +76,7 @@ def test_resume_checks_settings_and_keeps_what_was_written(model_dir, tmp_path):
     r = migrate("--resume", str(out), "--iterations", "3")  # more iterations is another configuration too
     one_line_error(r, "iterations")
     assert migrate("--resume", str(out)).returncode == 0  # a finished run resumes to itself
-    assert len((out / "40" / "history.jsonl").read_text().splitlines()) == 2
+    assert len((out / "40" / "history.jsonl").read_text().splitlines()) == 3
 
 
 def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):

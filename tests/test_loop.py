@@ -93,6 +93,9 @@ def setup(strategy, budget=1000):
 
 def test_warm_start_is_scored_before_iteration_one():
     s, task, policy, state = setup("random")
+    rec = migrate.warm_start_record(state)
+    assert (rec["iteration"], rec["evaluations"], rec["best"], rec["best_score"]) == (0, 3, "apple", 0.9)
+    assert [m["candidates"][0]["candidate"] for m in rec["members"]] == ["fig", "pear", "apple"]
     assert state.history.evaluations == 3
     assert [e.candidate for e in state.history.top(3)] == ["apple", "pear", "fig"]
     assert all(e.iteration == 0 and e.origin == "warm" for e in state.history.entries.values())
