@@ -101,4 +101,4 @@ class Islands:
         bests = [max(p, key=p.get) if p else None for p in self.islands]
         for i, cand in enumerate(bests):
             if cand is not None:
-                self.islands[(i + 1) % self.n_islands][cand] = self.islands[i][cand]
+                self.add(cand, self.islands[i][cand], (i + 1) % self.n_islands)  # add() keeps the size cap

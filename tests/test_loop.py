@@ -173,6 +173,8 @@ def test_islands_migrate_best_to_the_next_island():
     assert set(isl.islands[0]) == {"a", "b"} and set(isl.archive) == {"b", "d"}
     isl.migrate()
     assert "b" in isl.islands[1] and "d" in isl.islands[2]
+    isl.migrate()  # island 2's best (d) comes to island 0, which is full (a, b): its worst (a) must go
+    assert all(len(pool) <= 2 for pool in isl.islands) and set(isl.islands[0]) == {"b", "d"}
 
 
 def test_budget_is_never_exceeded(scripted):
