@@ -8,7 +8,9 @@ What is here:
 3. `token_logprobs`: log p(target) from final hidden states and the output matrix, chunk of rows by chunk, so
    that neither forward nor backward holds a float32 (tokens, vocab) tensor; `naive_token_logprobs` is its slow
    twin (full logits, `log_softmax`, `gather`) that the tests hold it equal to.
-4. `policy_logprobs`: next-token log-probs of a whole sequence under a model (`model(ids, return_hidden=True)`).
+4. `policy_logprobs`: next-token log-probs of a whole sequence under a model (`model(ids, return_hidden=True)`);
+   `completion_logprobs`: the same for G completions of one shared prompt, which runs the prompt once
+   (`model.SharedPrefix`) instead of once per completion.
 
 Left out on purpose: a value model, reward normalisation by the std, entropy bonuses, sequence-level ratios
 (GSPO), importance weights against a behaviour policy other than `old_logp`, and hand-written kernels (the
@@ -194,3 +196,18 @@ def policy_logprobs(model, input_ids, compiled=False, chunk_tokens=512):
     """input_ids (B, T) -> (B, T-1) float32: log-prob of token t+1 given tokens 0..t under `model`."""
     hidden = model(input_ids, return_hidden=True)[:, :-1]  # (B, T-1, D)
     return token_logprobs(hidden, model.lm_head.weight, input_ids[:, 1:], chunk_tokens, compiled)
+
+
+def completion_logprobs(model, prompt, completions, compiled=False, chunk_tokens=512):
+    """prompt (P,) and right-padded completions (G, L) long -> (G, L) float32: log-prob of each completion token
+    given the prompt and the completion's earlier tokens. Equal to policy_logprobs on the G concatenated rows
+    (values and gradients), but the prompt's layers run once for the group, not G times."""
+    from model import SharedPrefix
+    G, L = completions.shape
+    prefix = SharedPrefix()
+    last = model(prompt[None], prefix=prefix, return_hidden=True)[:, -1:]  # (1, 1, D): predicts token 0
+    hidden = last.expand(G, 1, last.shape[-1])
+    if L > 1:
+        rest = model(completions[:, :-1], prefix=prefix, return_hidden=True)  # (G, L-1, D)
+        hidden = torch.cat([hidden, rest], dim=1)  # (G, L, D)
+    return token_logprobs(hidden, model.lm_head.weight, completions, chunk_tokens, compiled)

@@ -200,7 +200,7 @@ def score_members(task, history, plan, iteration: int) -> None:
 def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
     """mu AdamW steps of the clipped GRPO loss on the LoRA adapter; returns loss and clip statistics."""
     import torch
-    from grpo import group_advantages, grpo_loss, policy_logprobs
+    from grpo import completion_logprobs, group_advantages, grpo_loss
     from model import lora_disabled
     s, model = policy.s, policy.model
     rewards = torch.tensor([m.reward for m in members])
@@ -208,16 +208,20 @@ def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
     keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
     if not keep.any() or advantages.abs().max() == 0:
         return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
-    ids, mask = pad_group(policy.prompt_ids(task.prompt()), [training_tokens(policy, task, m) for m in members],
-                          s.device)
+    # Every member is trained as an answer to the on-policy prompt, so the group shares it: it runs once.
+    prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
+    completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
+
+    def logprobs():
+        return completion_logprobs(model, prompt, completions, compiled=s.compile_logprobs)
     ref = None
     if s.beta_kl > 0:
         with torch.no_grad(), lora_disabled(model):
-            ref = policy_logprobs(model, ids, compiled=s.compile_logprobs)
+            ref = logprobs()
     model.train()
     stats = {}
     for step in range(s.mu):
-        logp = policy_logprobs(model, ids, compiled=s.compile_logprobs)
+        logp = logprobs()
         if step == 0:
             old = logp.detach()  # the policy before the first step (simplification 4)
         loss, stats = grpo_loss(logp, old, advantages.to(logp.device), mask, member_mask=keep.to(logp.device),
@@ -229,17 +233,15 @@ def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
     return dict(loss=float(loss.detach()), **{k: float(v) for k, v in stats.items()})
 
 
-def pad_group(prompt: list[int], completions: list[list[int]], device):
-    """(G, P + L) ids of the shared prompt followed by each completion, right-padded, and the (G, P + L - 1)
-    mask of the positions whose next token is a completion token (log-prob index j predicts token j + 1)."""
+def pad_completions(completions: list[list[int]], device):
+    """(G, L) completion ids, right-padded with 0, and the (G, L) float mask of real tokens."""
     import torch
-    P, L = len(prompt), max(len(c) for c in completions)
-    ids = torch.zeros(len(completions), P + L, dtype=torch.long)
-    mask = torch.zeros(len(completions), P + L - 1)
+    L = max(len(c) for c in completions)
+    ids = torch.zeros(len(completions), L, dtype=torch.long)
+    mask = torch.zeros(len(completions), L)
     for i, c in enumerate(completions):
-        ids[i, :P] = torch.tensor(prompt)
-        ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[i, P - 1:P - 1 + len(c)] = 1.0
+        ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, :len(c)] = 1.0
     return ids.to(device), mask.to(device)
 
 

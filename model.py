@@ -13,7 +13,7 @@ than the default and "llama3", quantised matmuls (weights are dequantised by the
 """
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -135,6 +135,22 @@ class KVCache:
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
+@dataclass
+class SharedPrefix:
+    """Keys and values of one prompt that every row of a batch continues, kept with their autograd graph.
+
+    Training scores G completions of the same prompt. Running the prompt once and letting every completion
+    attend to its keys and values gives the same hidden states and gradients as G full rows, for the price of
+    one prompt instead of G. A forward pass over the prompt, tokens (1, P), fills an empty SharedPrefix; the
+    next pass, tokens (B, T) at positions P..P+T-1, reads it.
+    """
+    k: list = field(default_factory=list)  # per layer (1, n_kv_heads, P, head_dim)
+    v: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.k[0].shape[2] if self.k else 0
+
+
 def decode_attention(q, k, v, mask):
     """Attention for one new token per row: q (B, H, 1, hd), k/v (B, H_kv, S, hd), mask (B, 1, 1, S) or None.
 
@@ -164,7 +180,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, cfg.rms_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_eps)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None):
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, prefix: SharedPrefix | None = None):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)  # (B, T, n_head, head_dim)
@@ -182,6 +198,14 @@ class Attention(nn.Module):
             k = cache.k[layer][:, :, : cache.length]  # (B, n_kv_head, S, head_dim)
             v = cache.v[layer][:, :, : cache.length]
             mask = cache.mask
+        if prefix is not None and len(prefix.k) <= layer:  # filling: this layer's prompt keys and values
+            prefix.k.append(k)
+            prefix.v.append(v)
+        elif prefix is not None:  # reading: every row sees the whole prompt, then its own tokens causally
+            P = prefix.k[layer].shape[2]
+            k = torch.cat([prefix.k[layer].expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([prefix.v[layer].expand(B, -1, -1, -1), v], dim=2)
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
         causal = mask is None and T > 1
         if T == 1:
             y = decode_attention(q, k, v, mask)
@@ -215,8 +239,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, layer, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache)
+    def forward(self, x, cos, sin, layer, cache, prefix=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, prefix)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -254,20 +278,31 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, tokens, positions=None, cache: KVCache | None = None, return_hidden=False):
+    def forward(self, tokens, positions=None, cache: KVCache | None = None, return_hidden=False,
+                prefix: SharedPrefix | None = None):
         """tokens (B, T) long -> logits (B, T, V) float32, or final-norm hidden states (B, T, D).
 
-        positions (B, T): rotary positions; default 0..T-1, or cache.slots when a cache is given.
-        cache: read and written as described in KVCache.
+        positions (B, T): rotary positions; default 0..T-1, cache.slots when a cache is given, or
+        len(prefix)..len(prefix)+T-1 when a filled prefix is read.
+        cache: read and written as described in KVCache (inference).
+        prefix: filled when empty, else read, as described in SharedPrefix (training).
         """
         B, T = tokens.shape
+        if cache is not None and prefix is not None:
+            raise ValueError("a forward pass takes a KV cache or a shared prefix, not both")
+        if prefix is not None and not prefix.k and B != 1:
+            raise ValueError(f"a shared prefix is filled from one prompt, tokens (1, P); got {B} rows")
         if positions is None:
-            base = cache.slots if cache is not None else torch.arange(T, device=tokens.device)
+            if cache is not None:
+                base = cache.slots
+            else:
+                start = len(prefix) if prefix is not None and len(prefix.k) == self.cfg.n_layers else 0
+                base = torch.arange(start, start + T, device=tokens.device)
             positions = base.expand(B, T)
         x = self.model.embed_tokens(tokens)  # (B, T, D)
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, i, cache)
+            x = layer(x, cos, sin, i, cache, prefix)
         x = self.model.norm(x)
         if return_hidden:
             return x

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from grpo import group_advantages, grpo_loss, naive_token_logprobs, policy_logprobs, token_logprobs
+from grpo import (completion_logprobs, group_advantages, grpo_loss, naive_token_logprobs, policy_logprobs,
+                  token_logprobs)
 from tiny_model import tiny_model
 
 
@@ -231,3 +232,42 @@ def test_policy_logprobs_lora_gradients_match_full_forward():
     assert not model.lm_head.weight.requires_grad
     for a, b in zip(fused, naive):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _lora_model_with_signal():
+    from model import add_lora
+    model = tiny_model(qk_norm=True, qkv_bias=True)  # every attention feature the prefix path must carry
+    params = add_lora(model, r=4, alpha=8)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 0.1)
+    return model.train(), params
+
+
+def test_completion_logprobs_equal_full_rows_values_and_lora_gradients():
+    """The shared-prompt path is an exact rewrite: same log-probs and same adapter gradients as running the
+    prompt + completion rows in full (ragged completions, right-padded)."""
+    model, params = _lora_model_with_signal()
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, 97, (7,), generator=g)
+    completions = torch.randint(1, 97, (3, 5), generator=g)
+    completions[1, 3:] = 0  # padding, as pad_completions leaves it
+    up = torch.randn(3, 5, generator=g)
+    got = completion_logprobs(model, prompt, completions, chunk_tokens=4)
+    got_grads = torch.autograd.grad((got * up).sum(), params)
+    rows = torch.cat([prompt.expand(3, -1), completions], dim=1)  # (3, 12)
+    want = policy_logprobs(model, rows)[:, 6:]  # index j predicts token j + 1: completions start at 7
+    want_grads = torch.autograd.grad((want * up).sum(), params)
+    assert got.shape == (3, 5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_completion_logprobs_of_one_token_completions():
+    model, _ = _lora_model_with_signal()
+    prompt, completions = torch.tensor([3, 1, 4]), torch.tensor([[1], [5]])
+    with torch.no_grad():
+        got = completion_logprobs(model, prompt, completions)
+        want = policy_logprobs(model, torch.cat([prompt.expand(2, -1), completions], 1))[:, 2:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

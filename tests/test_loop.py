@@ -204,11 +204,10 @@ def test_training_tokens_keep_sampled_ids_or_reencode():
     assert migrate.training_tokens(policy, task, greedy) == [ord(c) for c in "apple]"] + [0]
 
 
-def test_pad_group_marks_only_completion_positions():
-    ids, mask = migrate.pad_group([7, 8, 9], [[1, 2], [3]], "cpu")
-    assert ids.tolist() == [[7, 8, 9, 1, 2], [7, 8, 9, 3, 0]]
-    # log-prob index j predicts token j + 1: completion tokens sit at 3.. so indices 2.. are masked in
-    assert mask.tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
+def test_pad_completions_marks_only_real_tokens():
+    ids, mask = migrate.pad_completions([[1, 2], [3]], "cpu")
+    assert ids.tolist() == [[1, 2], [3, 0]]
+    assert mask.tolist() == [[1, 1], [1, 0]]
 
 
 def test_every_strategy_has_a_preset_in_every_builtin_task():

@@ -246,3 +246,31 @@ def test_decode_attention_equals_sdpa(dtype, tol):
     torch.testing.assert_close(decode_attention(q, k, v, mask).float(), ref, atol=tol, rtol=tol)
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), rep(k).float(), rep(v).float())
     torch.testing.assert_close(decode_attention(q, k, v, None).float(), ref, atol=tol, rtol=tol)
+
+
+def test_shared_prefix_forward_equals_full_rows():
+    """A prompt run once into a SharedPrefix, then B continuations at positions P.., give the hidden states of
+    the B full rows (prompt positions included)."""
+    from model import SharedPrefix
+    model = tiny_model()
+    g = torch.Generator().manual_seed(11)
+    prompt, rest = torch.randint(0, 97, (1, 6), generator=g), torch.randint(0, 97, (3, 4), generator=g)
+    with torch.no_grad():
+        prefix = SharedPrefix()
+        head = model(prompt, prefix=prefix, return_hidden=True)
+        tail = model(rest, prefix=prefix, return_hidden=True)
+        full = model(torch.cat([prompt.expand(3, -1), rest], 1), return_hidden=True)
+    assert len(prefix) == 6
+    torch.testing.assert_close(head.expand(3, -1, -1), full[:, :6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tail, full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_is_filled_from_one_row_and_not_mixed_with_a_cache():
+    from model import KVCache, SharedPrefix
+    model = tiny_model()
+    with pytest.raises(ValueError, match="one prompt"):
+        model(torch.zeros(2, 3, dtype=torch.long), prefix=SharedPrefix())
+    cache = KVCache.empty(model.cfg, 1, 4)
+    cache.slots, cache.length = torch.arange(3), 3
+    with pytest.raises(ValueError, match="not both"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache, prefix=SharedPrefix())
