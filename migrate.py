@@ -310,6 +310,9 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
     """Run (or continue) one search to its budget; returns the summary written to best.json."""
     from tqdm import tqdm
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "best.json").exists() and not (run_dir / "state.pt").exists():
+        # best.json is written when a search ends: this one finished, and only its light files were kept
+        return json.loads((run_dir / "best.json").read_text())
     policy.reset()
     log_path = run_dir / "history.jsonl"
     if (run_dir / "state.pt").exists():

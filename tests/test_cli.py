@@ -77,6 +77,12 @@ def test_resume_checks_settings_and_keeps_what_was_written(model_dir, tmp_path):
     one_line_error(r, "iterations")
     assert migrate("--resume", str(out)).returncode == 0  # a finished run resumes to itself
     assert len((out / "40" / "history.jsonl").read_text().splitlines()) == 3
+    # A finished target kept without its (large) state, as bench/results commits it, is not searched again.
+    (out / "40" / "state.pt").unlink()
+    kept = (out / "40" / "history.jsonl").read_bytes()
+    assert migrate("--resume", str(out)).returncode == 0
+    assert (out / "40" / "history.jsonl").read_bytes() == kept and not (out / "40" / "state.pt").exists()
+    assert "| 40 |" in (out / "summary.md").read_text()
 
 
 def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):
