@@ -69,6 +69,9 @@ def hf_copy(model: Transformer):
     with torch.device(w.device):
         hf = LlamaForCausalLM(hc).to(w.dtype).eval()
     hf.load_state_dict(model.state_dict(), strict=False)
+    # No EOS at all: generate() fills a GenerationConfig's unset fields from this one, and an inherited EOS id
+    # would add two min-length logits processors to HF's decode loop.
+    hf.generation_config.eos_token_id = None
     return hf
 
 
