@@ -2,9 +2,10 @@
 
 Runs strategies x seeds as sweeps of migrate.py over the targets (each sweep under torchrun when --nproc > 1),
 resumes a half-finished experiment instead of starting over, then writes into --out:
-  table.md / table.csv  per strategy: mean and std over targets and seeds of the best score found, the fraction
-                        solved, and the evaluations needed to first reach --threshold (mean over runs that did,
-                        with how many did);
+  table.md / table.csv  per strategy: mean and std over targets and seeds of the best score found, the std over
+                        seeds of the per-seed mean, the fraction solved, and the evaluations needed to first
+                        reach --threshold (mean over runs that did, with how many did);
+  targets.md            the best score per target and strategy, averaged over seeds;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
 
@@ -47,7 +48,9 @@ def curve(run_dir: Path, budget: int) -> list[float]:
     points, best = [], 0.0
     for line in (run_dir / "history.jsonl").read_text().splitlines():
         r = json.loads(line)
-        points += [best] * (min(r["evaluations"], budget) - len(points))
+        if r["evaluations"] > budget:  # found past the budget (a run with a larger one): not counted
+            break
+        points += [best] * (r["evaluations"] - len(points))
         best = max(best, r["best_score"])
     return points + [best] * (budget + 1 - len(points))
 
@@ -78,8 +81,11 @@ def write_table(results: dict, out: Path, threshold: float) -> str:
     rows = []
     for strategy, runs in results.items():
         m, s = mean_std([r["best"] for r in runs])
+        seeds = sorted({r["seed"] for r in runs})
+        seed_means = [mean_std([r["best"] for r in runs if r["seed"] == sd])[0] for sd in seeds]
         hits = [r["first_hit"] for r in runs if r["first_hit"] is not None]
         rows.append(dict(strategy=strategy, runs=len(runs), best_mean=round(m, 4), best_std=round(s, 4),
+                         seed_std=round(mean_std(seed_means)[1], 4) if len(seeds) > 1 else None,
                          solved=round(sum(r["solved"] for r in runs) / len(runs), 3),
                          evals_to_threshold=round(sum(hits) / len(hits), 1) if hits else None,
                          reached_threshold=f"{len(hits)}/{len(runs)}"))
@@ -87,13 +93,27 @@ def write_table(results: dict, out: Path, threshold: float) -> str:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    md = [f"| strategy | runs | best score (mean ± std) | solved | evals to reach {threshold} | reached |",
-          "|---|---|---|---|---|---|"]
-    md += [f"| {r['strategy']} | {r['runs']} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {r['solved']:.2f} | "
-           f"{r['evals_to_threshold']} | {r['reached_threshold']} |" for r in rows]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    md = [f"| strategy | runs | best score (mean ± std) | std of seed means | solved | evals to reach {threshold} "
+          f"| reached |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['strategy']} | {r['runs']} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {fmt(r['seed_std'])} | "
+           f"{r['solved']:.2f} | {r['evals_to_threshold']} | {r['reached_threshold']} |" for r in rows]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
     return text
+
+
+def write_target_table(results: dict, out: Path, targets: list[str]) -> None:
+    """targets.md: per target (rows) and strategy (columns), the best score averaged over seeds."""
+    strategies = list(results)
+    md = ["| target | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
+    for t in targets:
+        cells = []
+        for strategy in strategies:
+            bests = [r["best"] for r in results[strategy] if r["target"] == t]
+            cells.append(f"{sum(bests) / len(bests):.3f}" if bests else "-")
+        md.append(f"| {t} | " + " | ".join(cells) + " |")
+    (out / "targets.md").write_text("\n".join(md) + "\n")
 
 
 def write_curves(results: dict, out: Path, budget: int, title: str, w=720, h=420, pad=56) -> None:
@@ -153,9 +173,10 @@ def main():
     targets = json.loads(configs[0].read_text())["targets"]
     results = collect(args, out, targets)
     print(write_table(results, out, args.threshold))
+    write_target_table(results, out, targets)
     write_curves(results, out, args.budget, f"{args.task}: best so far vs evaluations ({len(targets)} targets, "
                                             f"seeds {','.join(map(str, args.seeds))})")
-    print(f"wrote {out}/table.md, table.csv, curves.svg")
+    print(f"wrote {out}/table.md, table.csv, targets.md, curves.svg")
 
 
 if __name__ == "__main__":
