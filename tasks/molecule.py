@@ -10,9 +10,11 @@ chosen by --target:
   CPU demos and tests.
 
 Prompts ask for n = 5 molecules per answer (the paper's number) in a JSON list, with the answer forced to start
-with '{"response": ["' and real example SMILES. Measured with SmolLM2-135M-Instruct at temperature 1 (16
-completions per setting, transformers reference, rediscover:celecoxib): a usable SMILES in 3/16 completions at
-n = 1, 4/16 at n = 3 and 2/16 at n = 5, so n barely matters for the untrained 135M model and we keep the paper's 5.
+with '{"response": ["' and real example SMILES: as earlier assistant answers in the on-policy and neighbourhood
+prompts, in the instructions of the OPRO prompt (bench/prompt_parse.py measures them). Measured with an earlier,
+instructions-only prompt, SmolLM2-135M-Instruct at temperature 1 (16 completions per setting, transformers
+reference, rediscover:celecoxib): a usable SMILES in 3/16 completions at n = 1, 4/16 at n = 3 and 2/16 at n = 5,
+so n barely matters for the untrained 135M model and we keep the paper's 5.
 
 What it leaves out: the paper's molecule runs had no warm start and neither does this task; molecules are not
 filtered for novelty, size or charge (the oracle alone decides); docking poses are not kept; stereo-chemistry is
@@ -47,8 +49,15 @@ DRUGS = {
     "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C",  # C8H10N4O2
 }
 
-# Real molecules shown in prompts: a 135M model copies placeholder text such as "SMILES1" verbatim.
-EXAMPLES = ["CCN(CC)CCOC(=O)c1ccc(N)cc1", "c1ccc2[nH]ccc2c1"]  # procaine, indole
+# Real molecules shown in prompts (a 135M model copies placeholder text such as "SMILES1" verbatim): two past
+# answers of the on-policy prompt, EXAMPLES[:5] and EXAMPLES[5:]. Small and acyclic on purpose: SmolLM2-135M at
+# temperature 1 imitates what it sees, and a slip in a short chain (an atom changed, a branch added) usually still
+# gives a valid molecule, where a slip in a ring closure or an aromatic ring does not (bench/prompt_parse.py).
+EXAMPLES = ["CCOC(C)=O", "CCN(CC)CCO", "CC(C)CC(=O)O", "CC(N)C(=O)O", "OCC(O)CO",
+            "CCCN(C)C", "CC(C)OC(C)=O", "NCCO", "CCC(=O)N", "COCCOC"]
+# Two worked neighbourhood answers (seed, its variations) shown before the real seed: one chain, one ring.
+NS_EXAMPLES = [("CCN(CC)CCO", ["CCN(CC)CCOC", "CCN(C)CCO", "CCN(CC)CCN", "CCN(CC)CC(C)O", "CCCN(CC)CCO"]),
+               ("Cc1ccccc1O", ["Cc1ccccc1", "Cc1ccccc1OC", "Cc1ccccc1N", "Cc1cccnc1O", "CCc1ccccc1O"])]
 
 # dockstring's five regression-benchmark targets. The MiGrATe paper docks against dockstring targets; we could not
 # confirm its exact five from public text, so this set is our documented choice.
@@ -334,24 +343,46 @@ class MoleculeTask(tasks.Task):
         super().__init__(target, **options)
 
     # -- prompts ----------------------------------------------------------------------------------------------
+    # Measured with bench/prompt_parse.py --task molecule (SmolLM2-135M, temperature 1): with procaine and indole
+    # as examples in the instructions, 6-20% of answers held a new valid molecule; with small acyclic examples as
+    # earlier answers, the on-policy and neighbourhood prompts reach 36-42%, with 2-11% of answers only copies.
     def _system(self) -> dict:
         return {"role": "system", "content": "You are an expert medicinal chemist. You answer with JSON only."}
 
+    def _answer(self, smiles: list[str]) -> dict:
+        """An earlier assistant turn holding up to n of `smiles` in the answer format."""
+        return {"role": "assistant", "content": json.dumps({"response": smiles[:self.n]})}
+
     def _format(self) -> str:
-        example = json.dumps({"response": EXAMPLES})
+        example = json.dumps({"response": EXAMPLES[:min(self.n, 5)]})
         return f'Answer with a JSON object holding a list of {self.n} SMILES strings, like {example}'
 
     def prompt(self) -> tasks.Prompt:
-        user = (f"Propose {self.n} new molecules that {describe(self.target)}. Write each molecule as a SMILES "
-                f"string. {self._format()}")
-        return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
+        # Two earlier answers (accepted, then "more, different from these") show the format and keep SMILES in
+        # view; the model continues the pattern with new molecules instead of copying an example.
+        ask = (f"Propose {self.n} new molecules that {describe(self.target)}. Answer with a JSON object holding a "
+               f"list of {self.n} SMILES strings.")
+        more = {"role": "user", "content": f"Good. Propose {self.n} more new molecules, different from these."}
+        return tasks.Prompt([self._system(), {"role": "user", "content": ask}, self._answer(EXAMPLES[:5]), more,
+                             self._answer(EXAMPLES[5:]), more], RESPONSE_PREFIX)
+
+    def _vary(self, seed: str) -> str:
+        return (f"Here is a molecule: {seed}\nPropose {self.n} new molecules that are small variations of it "
+                f"(change, add or remove a few atoms or bonds) and {describe(self.target)}. Answer with a JSON "
+                f"object holding a list of {self.n} SMILES strings.")
 
     def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
-        user = (f"Here is a molecule: {seed}\nPropose {self.n} new molecules that are small variations of it "
-                f"(change, add or remove a few atoms or bonds) and {describe(self.target)}. {self._format()}")
-        return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
+        # Two worked examples of the request, then the real seed as the last thing the model reads: with the seed
+        # further back, the model varied the worked examples' seeds instead.
+        messages = [self._system()]
+        for demo_seed, variations in NS_EXAMPLES:
+            messages += [{"role": "user", "content": self._vary(demo_seed)}, self._answer(variations)]
+        messages.append({"role": "user", "content": f"Good. Now propose {self.n} small variations of this "
+                                                    f"molecule: {seed}"})
+        return tasks.Prompt(messages, RESPONSE_PREFIX)
 
     def opro_prompt(self, ranked: list[tuple[str, float]]) -> tasks.Prompt:
+        # The scored list already shows SMILES, so the example sits in the instructions (copied in ~10% of answers)
         shown = "\n".join(f"{smiles} score: {score:.3f}" for smiles, score in ranked)
         user = (f"We want molecules that {describe(self.target)}. Here are molecules scored so far, from worst "
                 f"to best:\n{shown}\nPropose {self.n} new molecules that score higher than all of these. "

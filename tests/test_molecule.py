@@ -167,21 +167,48 @@ def test_prompts_share_the_prefix_and_show_real_examples():
     task = MoleculeTask("rediscover:celecoxib", n=4)
     prompts = [task.prompt(), task.neighbourhood_prompt(rdkit_canon(ASPIRIN)),
                task.opro_prompt([("CCO", 0.1), ("CCN", 0.25)])]
+    shown = molecule.EXAMPLES + [s for seed, variations in molecule.NS_EXAMPLES for s in [seed, *variations]]
+    assert all(Chem.MolFromSmiles(s) is not None for s in shown)
     for p in prompts:
         assert p.prefix == '{"response": ["'
+        assert p.messages[0]["role"] == "system" and p.messages[-1]["role"] == "user"
         text = " ".join(m["content"] for m in p.messages)
         assert "4" in text and "SMILES1" not in text
-        assert all(Chem.MolFromSmiles(s) is not None for s in molecule.EXAMPLES)
-        assert molecule.EXAMPLES[0] in text
         assert "celecoxib" not in text.lower() and CELECOXIB not in text  # the oracle stays a black box
-    assert rdkit_canon(ASPIRIN) in " ".join(m["content"] for m in prompts[1].messages)
+    assert molecule.EXAMPLES[0] in prompts[0].messages[2]["content"]  # an earlier answer
+    assert molecule.EXAMPLES[0] in prompts[2].messages[-1]["content"]  # OPRO: in the instructions
+    assert molecule.NS_EXAMPLES[0][1][0] in " ".join(m["content"] for m in prompts[1].messages)
+    assert prompts[1].messages[-1]["content"].endswith(rdkit_canon(ASPIRIN))  # the seed is the last thing read
     opro = prompts[2].messages[-1]["content"]
     assert opro.index("CCO score: 0.100") < opro.index("CCN score: 0.250")  # worst first, best last
 
 
+@pytest.mark.parametrize("n", [1, 4, 5, 7])
+def test_on_policy_and_ns_examples_are_earlier_assistant_answers(n):
+    """The format examples sit in earlier assistant turns, each a valid answer of at most n molecules that the
+    task parses back, and never in the last user message (where SmolLM2-135M copied them)."""
+    task = MoleculeTask("qed", n=n)
+    seed = rdkit_canon(ASPIRIN)
+    shown = set(molecule.EXAMPLES) | {s for seed_, variations in molecule.NS_EXAMPLES for s in [seed_, *variations]}
+    for p in [task.prompt(), task.neighbourhood_prompt(seed)]:
+        answers = [m["content"] for m in p.messages if m["role"] == "assistant"]
+        assert len(answers) == 2
+        for a in answers:
+            smiles = json.loads(a)["response"]
+            assert 1 <= len(smiles) <= n and set(smiles) <= shown
+            assert a.startswith(p.prefix) and task.parse(a) == [rdkit_canon(s) for s in smiles]
+        roles = [m["role"] for m in p.messages]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert not any(s in p.messages[-1]["content"].split() for s in shown)
+    on_policy = [json.loads(m["content"])["response"] for m in task.prompt().messages if m["role"] == "assistant"]
+    assert on_policy == [molecule.EXAMPLES[:5][:n], molecule.EXAMPLES[5:][:n]]
+    assert f"{n} SMILES strings" in task.prompt().messages[1]["content"]
+
+
 def test_examples_are_not_rediscovery_targets():
     drugs = {rdkit_canon(s) for s in molecule.DRUGS.values()}
-    assert not drugs & {rdkit_canon(s) for s in molecule.EXAMPLES}
+    shown = molecule.EXAMPLES + [s for seed, variations in molecule.NS_EXAMPLES for s in [seed, *variations]]
+    assert not drugs & {rdkit_canon(s) for s in shown}
 
 
 def test_defaults_follow_the_paper():
