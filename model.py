@@ -296,7 +296,7 @@ class Transformer(nn.Module):
             if cache is not None:
                 base = cache.slots
             else:
-                start = len(prefix) if prefix is not None and len(prefix.k) == self.cfg.n_layers else 0
+                start = len(prefix) if prefix is not None else 0  # 0 while the prefix is being filled
                 base = torch.arange(start, start + T, device=tokens.device)
             positions = base.expand(B, T)
         x = self.model.embed_tokens(tokens)  # (B, T, D)
