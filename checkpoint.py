@@ -384,7 +384,8 @@ def _gguf_file(path: Path):
 
 
 def _build(cfg, tensors: dict[str, torch.Tensor], path: Path, device, dtype):
-    model = Transformer(cfg)
+    with torch.device("meta"):  # shapes only: no random init to throw away (gigabytes at 8B)
+        model = Transformer(cfg)
     own = model.state_dict()
     expected = set(own)
     optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
@@ -398,5 +399,8 @@ def _build(cfg, tensors: dict[str, torch.Tensor], path: Path, device, dtype):
         want = tuple(own[k].shape)
         if tuple(tensors[k].shape) != want:
             raise ModelLoadError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, the config implies {want}")
-    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
+    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False, assign=True)
+    if cfg.tie_embeddings:  # assign gave the head its own Parameter object; make it the embedding's again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.inv_freq = rope_inv_freq(cfg)  # the one buffer a checkpoint does not hold
     return model.to(device=device, dtype=dtype).eval()

@@ -179,6 +179,11 @@ def test_hf_folder_loads_to_identical_logits(tmp_path, tied, shards):
     assert tok.encode("ab<|im_end|>") == [256, 258] and tok.eos_ids == {258}
     half, _ = load_model(str(tmp_path / "m"), dtype=torch.bfloat16)
     assert half.model.embed_tokens.weight.dtype == torch.bfloat16
+    # built on the meta device and assigned: every tensor is real, and a tied head is the embedding itself
+    for m in (loaded, half):
+        assert not any(t.is_meta for t in [*m.parameters(), *m.buffers()])
+        assert (m.lm_head.weight is m.model.embed_tokens.weight) == tied
+    assert torch.equal(loaded.inv_freq, model.inv_freq)
 
 
 def test_hf_folder_errors(tmp_path):
@@ -262,6 +267,7 @@ def test_gguf_round_trip_same_logits(tmp_path, tied):
     write_gguf(tmp_path / "m.gguf", gguf_metadata(model.cfg), gguf_tensors_of(model))
     loaded, tok = load_model(str(tmp_path / "m.gguf"))
     assert loaded.cfg == model.cfg
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
     assert torch.equal(logits_of(loaded), logits_of(model))
     assert tok.bos_id == 256 and tok.eos_ids == {257} and tok.encode("1<|im_end|>") == [ord("1"), 257]
 
