@@ -4,7 +4,8 @@ Runs strategies x seeds as sweeps of migrate.py over the targets (each sweep und
 resumes a half-finished experiment instead of starting over, then writes into --out:
   table.md / table.csv  per strategy: mean and std over targets and seeds of the best score found, the std over
                         seeds of the per-seed mean, the fraction solved, and the evaluations needed to first
-                        reach --threshold (mean over runs that did, with how many did);
+                        reach --threshold (mean over runs that did, with how many did), and wins/ties/losses
+                        against random sampling and against grpo on the same target and seed;
   targets.md            the best score per target and strategy, averaged over seeds;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
@@ -77,6 +78,20 @@ def mean_std(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1))
 
 
+PAIRED_REFERENCES = ("random", "grpo")  # sampling alone, and training on on-policy samples only
+
+
+def against(runs: list[dict], reference: list[dict]) -> str | None:
+    """'wins/ties/losses' of runs against the reference strategy's run on the same target and seed (so the same
+    warm start): a paired comparison, which the spread over targets hides. None without any pair."""
+    ref = {(r["seed"], r["target"]): r["best"] for r in reference}
+    pairs = [(r["best"], ref[r["seed"], r["target"]]) for r in runs if (r["seed"], r["target"]) in ref]
+    if not pairs:
+        return None
+    wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+    return f"{wins}/{len(pairs) - wins - losses}/{losses}"
+
+
 def write_table(results: dict, out: Path, threshold: float) -> str:
     rows = []
     for strategy, runs in results.items():
@@ -88,16 +103,20 @@ def write_table(results: dict, out: Path, threshold: float) -> str:
                          seed_std=round(mean_std(seed_means)[1], 4) if len(seeds) > 1 else None,
                          solved=round(sum(r["solved"] for r in runs) / len(runs), 3),
                          evals_to_threshold=round(sum(hits) / len(hits), 1) if hits else None,
-                         reached_threshold=f"{len(hits)}/{len(runs)}"))
+                         reached_threshold=f"{len(hits)}/{len(runs)}",
+                         **{f"vs_{ref}": against(runs, results[ref]) if ref in results and strategy != ref else None
+                            for ref in PAIRED_REFERENCES}))
     with open(out / "table.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     md = [f"| strategy | runs | best score (mean ± std) | std of seed means | solved | evals to reach {threshold} "
-          f"| reached |", "|---|---|---|---|---|---|---|"]
+          f"| reached |" + "".join(f" against {ref} (W/T/L) |" for ref in PAIRED_REFERENCES),
+          "|---" * (7 + len(PAIRED_REFERENCES)) + "|"]
     md += [f"| {r['strategy']} | {r['runs']} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {fmt(r['seed_std'])} | "
-           f"{r['solved']:.2f} | {r['evals_to_threshold']} | {r['reached_threshold']} |" for r in rows]
+           f"{r['solved']:.2f} | {r['evals_to_threshold']} | {r['reached_threshold']} |"
+           + "".join(f" {r['vs_' + ref] or '-'} |" for ref in PAIRED_REFERENCES) for r in rows]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
     return text
