@@ -44,6 +44,6 @@ def test_paired_comparison_against_random(tmp_path):
             fake_run(tmp_path / f"{strategy}-seed{seed}" / target, [dict(evaluations=1, best_score=b)], b)
     args = Namespace(strategies=["random", "grpo"], seeds=[0, 1], budget=2, threshold=0.8)
     lines = write_table(collect(args, tmp_path, ["cat", "dog"]), tmp_path, 0.8).splitlines()
-    assert lines[2].endswith("| - | 1/1/1 |")  # random against grpo: the mirror image
+    assert lines[2].endswith("| 0.00 | - | 0/3 | - | 1/1/1 |")  # none reached 0.8; random against grpo: mirrored
     assert lines[3].endswith("| 1/1/1 | - |")
     assert (tmp_path / "table.csv").read_text().splitlines()[2].endswith(",1/1/1,")
