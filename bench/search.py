@@ -115,7 +115,7 @@ def write_table(results: dict, out: Path, threshold: float) -> str:
           f"| reached |" + "".join(f" against {ref} (W/T/L) |" for ref in PAIRED_REFERENCES),
           "|---" * (7 + len(PAIRED_REFERENCES)) + "|"]
     md += [f"| {r['strategy']} | {r['runs']} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {fmt(r['seed_std'])} | "
-           f"{r['solved']:.2f} | {r['evals_to_threshold'] or '-'} | {r['reached_threshold']} |"
+           f"{r['solved']:.2f} | {'-' if r['evals_to_threshold'] is None else r['evals_to_threshold']} | {r['reached_threshold']} |"
            + "".join(f" {r['vs_' + ref] or '-'} |" for ref in PAIRED_REFERENCES) for r in rows]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
