@@ -49,6 +49,10 @@ class History:
             records.append(dict(candidate=c, score=e.score if e else 0.0, status=status))
         return records
 
+    def last_find(self) -> int:
+        """The iteration that scored the newest candidate (0 = the warm start)."""
+        return max((e.iteration for e in self.entries.values()), default=0)
+
     def top(self, k: int) -> list[Entry]:
         """The k best candidates, best first; ties go to the earlier find (stable and reproducible)."""
         order = sorted(self.entries.values(), key=lambda e: -e.score)

@@ -55,6 +55,7 @@ class Settings:
     iterations: int = 100
     budget: int = 1_000_000  # black-box evaluations, warm start included
     early_stop: bool = True  # stop when a candidate reaches the task's solved score
+    patience: int = 10  # stop after this many iterations in a row that score nothing new (a collapsed policy)
     # sampling
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -328,7 +329,9 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         record = run_iteration(state, policy, task)
         state.iteration = record["iteration"]
         solved = record["best_score"] >= task.solved_score
-        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop))
+        stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
+        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop)
+                          or stalled)
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         save_state(run_dir, state, policy)
@@ -365,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, help="seed of sampling, warm start and LoRA init [0]")
     a("--budget", type=int, help="black-box evaluations per target, warm start included [unlimited]")
     a("--iterations", type=int, help="iterations per target [task default]")
+    a("--patience", type=int, help="stop a search after this many iterations in a row that score nothing new [10]")
     a("--alpha", type=int, help="on-policy members per group [strategy preset]")
     a("--beta", type=int, help="greedy members per group (best past solution) [strategy preset]")
     a("--gamma", type=int, help="neighbourhood members per group [strategy preset]")
@@ -391,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # flags that are settings (the rest choose what to run and where)
-SETTING_FLAGS = ("seed", "budget", "iterations", "alpha", "beta", "gamma", "topk", "mu", "lr", "lora_r",
-                 "lora_alpha", "lora_dropout", "beta_kl", "max_new_tokens", "temperature", "top_p", "islands",
-                 "migrate_every")
+SETTING_FLAGS = ("seed", "budget", "iterations", "patience", "alpha", "beta", "gamma", "topk", "mu", "lr",
+                 "lora_r", "lora_alpha", "lora_dropout", "beta_kl", "max_new_tokens", "temperature", "top_p",
+                 "islands", "migrate_every")
 
 
 def resolve_settings(args, task_cls) -> Settings:
@@ -420,7 +424,8 @@ def resolve_settings(args, task_cls) -> Settings:
 
 
 def check_settings(s: Settings) -> None:
-    for name in ("budget", "iterations", "topk", "mu", "max_new_tokens", "lora_r", "islands", "migrate_every"):
+    for name in ("budget", "iterations", "patience", "topk", "mu", "max_new_tokens", "lora_r", "islands",
+                 "migrate_every"):
         if getattr(s, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
     for name in ("alpha", "beta", "gamma"):
@@ -475,7 +480,8 @@ def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
         out = Path(args.resume)
         saved = read_config(out)
         given = {k: v for k, v in config["settings"].items() if k not in ("target",)}
-        differs = [k for k, v in given.items() if saved["settings"].get(k) != v]
+        # a setting missing from the saved config was added to the code after the run began: it takes its value
+        differs = [k for k, v in given.items() if k in saved["settings"] and saved["settings"][k] != v]
         if differs:
             k = differs[0]
             raise UsageError(f"{out} was run with {k}={saved['settings'].get(k)!r}, not {given[k]!r}; "
@@ -507,7 +513,7 @@ def settings_from_resume(args) -> argparse.Namespace:
     args.target = None
     for name in SETTING_FLAGS:
         if getattr(args, name) is None:
-            setattr(args, name, st[name])
+            setattr(args, name, st.get(name))  # None for a setting newer than the run: its default
     args.no_early_stop = args.no_early_stop or not st["early_stop"]
     args.arc_data = args.arc_data or st["task_options"].get("arc_data")
     args.device, args.dtype = args.device or st["device"], args.dtype or st["dtype"]

@@ -83,6 +83,11 @@ def test_resume_checks_settings_and_keeps_what_was_written(model_dir, tmp_path):
     assert migrate("--resume", str(out)).returncode == 0
     assert (out / "40" / "history.jsonl").read_bytes() == kept and not (out / "40" / "state.pt").exists()
     assert "| 40 |" in (out / "summary.md").read_text()
+    # A folder written before a setting existed (here: patience) still resumes, the setting at its default.
+    config = json.loads((out / "config.json").read_text())
+    del config["settings"]["patience"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert migrate("--resume", str(out)).returncode == 0
 
 
 def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):

@@ -236,3 +236,12 @@ def test_plot_is_an_svg_with_both_lines():
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     assert "48.0,312.0" in svg  # iteration 1 at score 0: bottom-left corner of the plot area
     assert ">0.25<" in svg and ">0.75<" in svg  # tick labels are not rounded to a wrong value
+
+
+def test_a_search_that_finds_nothing_new_stops_after_patience(scripted, tmp_path):
+    s, task, policy, _ = setup("random")
+    s.iterations, s.patience, s.early_stop = 50, 3, False
+    summary = migrate.search(s, tmp_path, policy, task, quiet=True)
+    # iteration 1 scores plum and kiwi; every later answer repeats them, so iterations 2-4 find nothing new
+    assert summary["iterations"] == 4 and summary["evaluations"] == 5
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 5  # warm start + 4 iterations
