@@ -520,6 +520,18 @@ def settings_from_resume(args) -> argparse.Namespace:
     return args
 
 
+def rank_device(device: str) -> str:
+    """torchrun starts one process per GPU: each takes the GPU of its LOCAL_RANK, not every rank cuda:0."""
+    import torch
+    if device != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise UsageError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible")
+    torch.cuda.set_device(local)
+    return f"cuda:{local}"
+
+
 def on_rank0(fn, world: int):
     """fn() on rank 0 only; its result, or its UsageError, reaches every rank."""
     result, error = None, None
@@ -574,6 +586,7 @@ def run(args) -> int:
         import torch.distributed as dist
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=30))
     out = on_rank0(lambda: prepare_out_dir(args, s, targets), world)
+    s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
     mine = targets[rank::world]
     try:
         model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))

@@ -265,6 +265,13 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self._register_load_state_dict_pre_hook(self._fill_tied_head)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the rotary frequencies too (an angle error of ~2 rad at position 1000):
+        # they follow the model's device but stay float32, recomputed exactly from the config.
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.cfg).to(self.inv_freq.device)
+        return self
+
     def _fill_tied_head(self, state_dict, prefix, *args):
         # Tied checkpoints usually omit lm_head.weight; it is the embedding matrix.
         if self.cfg.tie_embeddings and prefix + "lm_head.weight" not in state_dict:
@@ -313,7 +320,8 @@ class Transformer(nn.Module):
 
 class LoRALinear(nn.Module):
     """y = x W^T + b + scale * dropout(x) A^T B^T, with W, b frozen. A is kaiming-uniform, B zero, so the
-    adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`)."""
+    adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`); A and B are
+    float32 master weights, cast to the compute dtype in forward."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
@@ -324,10 +332,12 @@ class LoRALinear(nn.Module):
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
+        # The adapter (and so AdamW's state) is float32 whatever the base dtype: in bfloat16 most of an update of
+        # size lr ~ 1e-5 would round away. The forward casts it to the input's dtype.
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device,
-                                               dtype=base.weight.dtype))
+                                               dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device,
-                                               dtype=base.weight.dtype))
+                                               dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the nn.Linear default init
         self.scale = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -337,7 +347,8 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         if self.disabled:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+        A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+        return y + F.linear(F.linear(self.dropout(x), A), B) * self.scale
 
 
 def _lora_modules(model: nn.Module):

@@ -61,7 +61,8 @@ def make_policy(strategy, **overrides):
     for k, v in overrides.items():
         setattr(s, k, v)
     torch.manual_seed(0)
-    policy = migrate.Policy(tiny_model(seed=1, vocab_size=VOCAB), TinyTokenizer(), s)
+    model = tiny_model(seed=1, vocab_size=VOCAB).to(getattr(torch, s.dtype))
+    policy = migrate.Policy(model, TinyTokenizer(), s)
     return s, policy
 
 
@@ -69,8 +70,11 @@ def strip_timings(records):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
 
 
-def test_grpo_raises_the_mean_reward(tmp_path):
-    s, policy = make_policy("grpo")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grpo_raises_the_mean_reward(tmp_path, dtype):
+    """The whole loop, sampler and update included, in float32 and in bfloat16 (the GPU's default dtype), so a
+    dtype bug shows up on CPU: the adapter must stay float32 and still learn."""
+    s, policy = make_policy("grpo", dtype=dtype)
     summary = migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     means = [r["mean_reward"] for r in records if r["iteration"] >= 1]
@@ -78,6 +82,24 @@ def test_grpo_raises_the_mean_reward(tmp_path):
     assert last > first + 0.1, means  # with this seed: about 0.04 -> 0.22
     assert records[-1]["loss"] is not None and 0 <= records[-1]["clip_fraction"] <= 1
     assert summary["iterations"] == 12 and (tmp_path / "adapter.safetensors").exists()
+    assert policy.model.lm_head.weight.dtype == getattr(torch, dtype)
+    assert all(p.dtype == torch.float32 for p in policy.params)
+    assert all(v.dtype == torch.float32 for st in policy.optimizer.state.values() for v in st.values()
+               if v.dim() > 0)
+
+
+def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
+    picked = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert migrate.rank_device("cuda") == "cuda:1" and picked == [1]
+    assert migrate.rank_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(migrate.UsageError, match="LOCAL_RANK 2"):
+        migrate.rank_device("cuda")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert migrate.rank_device("cuda") == "cuda"
 
 
 def test_inference_only_baseline_does_not_train(tmp_path):
