@@ -54,7 +54,7 @@ def load_ours(args) -> tuple[Transformer, list[int]]:
     if args.config == "smollm2":
         from checkpoint import load_model
         from tasks.wordsearch import WordSearch
-        model, tok = load_model(None, device=args.device, dtype=dtype)
+        model, tok = load_model(args.model, device=args.device, dtype=dtype)
         p = WordSearch().prompt()  # the on-policy prompt of the default task (no oracle is loaded)
         return model.eval(), tok.encode(tok.chat(p.messages, add_generation_prompt=True, assistant_prefix=p.prefix))
     cfg = ModelConfig.from_hf(TINY if args.config == "tiny" else LLAMA_1B)
@@ -160,6 +160,7 @@ def timed_iteration(sample, train, device) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="smollm2", choices=["tiny", "smollm2", "llama-1b"])
+    ap.add_argument("--model", help="smollm2 config: a .gguf file or HF folder [the embedded SmolLM2-135M]")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--group", type=int, default=10, help="G, completions per iteration")

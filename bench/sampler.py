@@ -51,7 +51,7 @@ def load_ours(args):
         prompts = [torch.randint(0, 128000, (n,), generator=g).tolist() for n in (40, 52, 33, 47)]
         return model, prompts
     from checkpoint import load_model
-    model, tok = load_model(None, device=args.device, dtype=getattr(torch, args.dtype))
+    model, tok = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     prompts = [tok.encode(tok.chat([{"role": "user", "content": q}])) for q in QUESTIONS]
     return model, prompts
 
@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--config", default="smollm2", choices=["smollm2", "llama-1b"])
+    ap.add_argument("--model", help="smollm2 config: a .gguf file or HF folder [the embedded SmolLM2-135M]")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)

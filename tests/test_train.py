@@ -61,7 +61,7 @@ def make_policy(strategy, **overrides):
     for k, v in overrides.items():
         setattr(s, k, v)
     torch.manual_seed(0)
-    model = tiny_model(seed=1, vocab_size=VOCAB).to(getattr(torch, s.dtype))
+    model = tiny_model(seed=1, vocab_size=VOCAB).to(s.device, getattr(torch, s.dtype))
     policy = migrate.Policy(model, TinyTokenizer(), s)
     return s, policy
 
@@ -70,11 +70,15 @@ def strip_timings(records):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_grpo_raises_the_mean_reward(tmp_path, dtype):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (bench/gpu.sh runs this there)")
+
+
+@pytest.mark.parametrize("device,dtype", [("cpu", "float32"), ("cpu", "bfloat16"),
+                                          pytest.param("cuda", "bfloat16", marks=CUDA)])
+def test_grpo_raises_the_mean_reward(tmp_path, device, dtype):
     """The whole loop, sampler and update included, in float32 and in bfloat16 (the GPU's default dtype), so a
     dtype bug shows up on CPU: the adapter must stay float32 and still learn."""
-    s, policy = make_policy("grpo", dtype=dtype)
+    s, policy = make_policy("grpo", dtype=dtype, device=device)
     summary = migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     means = [r["mean_reward"] for r in records if r["iteration"] >= 1]
