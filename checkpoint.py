@@ -1,17 +1,21 @@
-"""Weights I/O without the safetensors or gguf packages: safetensors read/write, a GGUF v2/v3 reader with numpy
-dequantisation, and `load_model`, which turns a Hugging Face folder or a .gguf file into (Transformer, Tokenizer).
+"""Weights I/O without the safetensors, gguf or huggingface_hub packages: safetensors read/write, a GGUF v2/v3
+reader with numpy dequantisation, and `load_model`, which turns a Hugging Face folder, a .gguf file or ORG/NAME
+already in the local Hugging Face cache into (Transformer, Tokenizer).
 
 GGUF tensors come back in Hugging Face names and layout: dims reversed (GGUF lists the innermost first), q/k rows
-of Llama files un-permuted (llama.cpp interleaves rotary pairs; HF uses rotate-half), quantised blocks expanded to
-float32. Every problem a user can cause (missing, truncated or foreign files) raises ModelLoadError with one line
-saying what is wrong and what to do.
+of Llama files un-permuted (llama.cpp interleaves rotary pairs; HF uses rotate-half), quantised blocks (Q8_0,
+Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) expanded to float32. Every problem a user can cause (missing,
+truncated or foreign files) raises ModelLoadError with one line saying what is wrong and what to do.
 
-Deliberately left out: writing GGUF, k-quants and the other ggml block types (a clear error names them),
-big-endian files, lazy/partial loading (the whole model is materialised in memory), architectures other than
+Deliberately left out: writing GGUF; Q2_K, Q3_K, the i-quants and the other ggml block types (a clear error
+names them); big-endian files; lazy/partial loading (the whole model is materialised in memory); downloading
+(a model missing from the cache gets the command that would fetch it); architectures other than
 llama / qwen2 / qwen3, and GGUF Llama-3.1 rope_freqs factors other than the standard llama3 rule.
 """
 import json
 import math
+import os
+import re
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -119,12 +123,16 @@ def read_safetensors_folder(folder) -> dict[str, torch.Tensor]:
 
 # -------------------------------------------------------------------------------------------------------- GGUF
 
-# ggml type id -> (name, weights per block, bytes per block)
+# ggml type id -> (name, weights per block, bytes per block). Types we cannot dequantise are listed too, so a file
+# that holds them is still read far enough for the error to name the type.
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
               7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84),
               11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
-              15: ("Q8_K", 256, 292), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
-              28: ("F64", 1, 8), 30: ("BF16", 1, 2)}
+              15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+              19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+              23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+              28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+              35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17)}
 # GGUF metadata value type -> struct format (8 = string, 9 = array are handled apart)
 GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 GGUF_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8",
@@ -134,31 +142,120 @@ GGUF_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f
 def dequantize(data: np.ndarray, ggml_type: int, n_elements: int) -> np.ndarray:
     """Raw little-endian ggml data (uint8) -> float32 array of n_elements."""
     name, block, size = GGML_TYPES.get(ggml_type, (str(ggml_type), 1, 1))
+    if name not in DEQUANTIZERS:
+        raise ValueError(f"ggml type {name} cannot be dequantised here (supported: {', '.join(DEQUANTIZERS)})")
     if n_elements % block or len(data) != n_elements // block * size:
         raise ValueError(f"{name}: {len(data)} bytes do not hold {n_elements} weights")
     data = np.ascontiguousarray(data, dtype=np.uint8)
-    if name == "F32":
-        return data.view("<f4").copy()
-    if name == "F16":
-        return data.view("<f2").astype(np.float32)
-    if name == "BF16":  # bfloat16 is the top half of a float32
-        return (data.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    blocks = data.reshape(-1, size)  # (n_blocks, bytes per block)
-    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)  # (n_blocks, 1) scale
-    if name == "Q8_0":
-        return (d * blocks[:, 2:].view(np.int8)).reshape(-1)
-    if name in ("Q4_0", "Q4_1"):
-        qs = blocks[:, 2:18] if name == "Q4_0" else blocks[:, 4:20]
-        q = np.empty((len(blocks), 32), dtype=np.float32)
-        q[:, :16], q[:, 16:] = qs & 0x0F, qs >> 4  # byte j holds weight j (low nibble) and j + 16 (high)
-        if name == "Q4_0":
-            q -= 8
-            q *= d
-            return q.reshape(-1)
-        q *= d
-        q += blocks[:, 2:4].copy().view("<f2").astype(np.float32)  # + m
-        return q.reshape(-1)
-    raise ValueError(f"ggml type {name} cannot be dequantised here (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+    if block == 1:
+        return DEQUANTIZERS[name](data)
+    return DEQUANTIZERS[name](data.reshape(-1, size)).reshape(-1)  # (n_blocks, bytes per block) in
+
+
+# Block layouts are ggml's (ggml-common.h). Each function takes (n_blocks, bytes per block) uint8 and returns
+# float32 weights that reshape to (n_blocks, weights per block). Arithmetic is float32 in ggml's order (scale
+# times sub-block scale first, then times q), and in place where a block is big, to keep peak memory near one copy.
+
+def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
+    """(n_blocks, 1) float32 from the f16 at byte `at` of every block."""
+    return blocks[:, at:at + 2].copy().view("<f2").astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(..., k) bytes -> (..., 2k) 4-bit values: all the low nibbles, then all the high ones (ggml's order)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _bits(qh: np.ndarray) -> np.ndarray:
+    """(..., k) bytes -> (..., 8k) bits, least significant first (bit j of a little-endian integer is item j)."""
+    return np.unpackbits(qh, axis=-1, bitorder="little")
+
+
+def _q8_0(b):  # f16 d, 32 x int8 q: w = d * q
+    return _f16(b, 0) * b[:, 2:].view(np.int8)
+
+
+def _q4_0(b):  # f16 d, 16 bytes of nibbles: w = d * (q - 8)
+    q = _nibbles(b[:, 2:18]).astype(np.float32)
+    q -= 8
+    q *= _f16(b, 0)
+    return q
+
+
+def _q4_1(b):  # f16 d, f16 m, 16 bytes of nibbles: w = d * q + m
+    q = _nibbles(b[:, 4:20]).astype(np.float32)
+    q *= _f16(b, 0)
+    q += _f16(b, 2)
+    return q
+
+
+def _q5_0(b):  # f16 d, 4 bytes of fifth bits (bit j for weight j), 16 bytes of nibbles: w = d * (q - 16)
+    q = (_nibbles(b[:, 6:22]) | _bits(b[:, 2:6]) << 4).astype(np.float32)
+    q -= 16
+    q *= _f16(b, 0)
+    return q
+
+
+def _q5_1(b):  # f16 d, f16 m, 4 bytes of fifth bits, 16 bytes of nibbles: w = d * q + m
+    q = (_nibbles(b[:, 8:24]) | _bits(b[:, 4:8]) << 4).astype(np.float32)
+    q *= _f16(b, 0)
+    q += _f16(b, 2)
+    return q
+
+
+def _k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 12 packed bytes of Q4_K/Q5_K -> (scales, mins), each (n_blocks, 8) 6-bit values. Sub-blocks 0-3 use
+    the low 6 bits of bytes 0-3 (scale) and 4-7 (min); sub-blocks 4-7 take their low 4 bits from the nibbles
+    of bytes 8-11 and their top 2 bits from the spare top bits of bytes 0-3 (scale) and 4-7 (min)."""
+    scales = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0x0F) | (s[:, 0:4] >> 6) << 4], axis=1)
+    mins = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | (s[:, 4:8] >> 6) << 4], axis=1)
+    return scales, mins
+
+
+def _k_low4(qs: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K's 128 bytes -> (n_blocks, 8, 32) low 4 bits: each 32-byte run holds two sub-blocks, the even
+    one in the low nibbles and the odd one in the high nibbles."""
+    return _nibbles(qs.reshape(len(qs), 4, 32)).reshape(len(qs), 8, 32)
+
+
+def _scale_and_shift(q: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K: w = d * scale * q - dmin * min per 32-weight sub-block; q is (n_blocks, 8, 32) float32."""
+    scales, mins = _k_scales(b[:, 4:16])
+    q *= (_f16(b, 0) * scales)[:, :, None]
+    q -= (_f16(b, 2) * mins)[:, :, None]
+    return q
+
+
+def _q4_k(b):  # f16 d, f16 dmin, 12 bytes of scales and mins, 128 bytes of nibbles
+    return _scale_and_shift(_k_low4(b[:, 16:144]).astype(np.float32), b)
+
+
+def _q5_k(b):  # as Q4_K with 32 bytes of fifth bits before the nibbles: bit k of byte l -> weight l of sub-block k
+    high = _bits(b[:, 16:48, None]).swapaxes(1, 2)  # (n_blocks, 8, 32)
+    return _scale_and_shift((_k_low4(b[:, 48:176]) | high << 4).astype(np.float32), b)
+
+
+def _q6_k(b):
+    """128 bytes low 4 bits, 64 bytes high 2 bits, 16 int8 scales (one per 16 weights), f16 d: w = d * scale *
+    (q - 32). Each half of 128 weights uses 64 low bytes (low nibbles, then high nibbles, give weights 0-127 in
+    order) and 32 high bytes (bits 2g, 2g+1 of byte l belong to weight 32g + l)."""
+    n = len(b)
+    low = _nibbles(b[:, 0:128].reshape(n, 2, 64))  # (n, 2 halves, 128)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8)[:, None]
+    high = (b[:, 128:192].reshape(n, 2, 1, 32) >> shifts & 3).reshape(n, 2, 128)  # (n, 2, 4 x 32)
+    q = (low | high << 4).astype(np.float32).reshape(n, 16, 16)  # (n, 16 groups of 16 weights)
+    q -= 32
+    q *= (_f16(b, 208) * b[:, 192:208].view(np.int8))[:, :, None]
+    return q
+
+
+DEQUANTIZERS = {
+    "F32": lambda data: data.view("<f4").copy(),
+    "F16": lambda data: data.view("<f2").astype(np.float32),
+    "BF16": lambda data: (data.view("<u2").astype(np.uint32) << 16).view(np.float32),  # bf16 = top half of f32
+    "Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1,
+    "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
+}
 
 
 class _Reader:
@@ -280,7 +377,7 @@ def read_gguf(path) -> tuple[dict, dict[str, torch.Tensor]]:
         try:
             w = dequantize(data, gtype, math.prod(shape)).reshape(shape)
         except ValueError as e:
-            raise ModelLoadError(f"{path}: tensor {name}: {e}; convert the model to F16, Q8_0, Q4_0 or Q4_1") from None
+            raise ModelLoadError(f"{path}: tensor {name}: {e}; pick a file of one of those types") from None
         key = hf_name(name)
         proj = key.split(".")[-2]
         if arch == "llama" and proj in heads:  # only llama.cpp's "llama" conversion permutes q/k
@@ -335,16 +432,14 @@ def llama3_scaling_from_factors(factors: torch.Tensor, cfg) -> dict:
 
 def load_model(spec: str | None = None, device="cpu", dtype=torch.float32):
     """(Transformer, Tokenizer) from None (the bundled SmolLM2-135M-Instruct GGUF), a Hugging Face folder
-    (config.json, *.safetensors, tokenizer.json) or a .gguf file."""
+    (config.json, *.safetensors, tokenizer.json), a .gguf file, or ORG/NAME found in the Hugging Face cache."""
     if spec is None:
         import assets
         try:
             spec = assets.asset_path(assets.SMOLLM2_GGUF)
         except assets.AssetError as e:
             raise ModelLoadError(str(e)) from None
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"{path} does not exist; pass a Hugging Face model folder or a .gguf file")
+    path = resolve_model_path(str(spec))
     if path.is_dir():
         cfg, tensors, tok = _hf_folder(path)
     elif path.suffix == ".gguf":
@@ -352,6 +447,53 @@ def load_model(spec: str | None = None, device="cpu", dtype=torch.float32):
     else:
         raise ModelLoadError(f"{path} is neither a folder nor a .gguf file; pass a Hugging Face folder or a .gguf")
     return _build(cfg, tensors, path, device, dtype), tok
+
+
+# A Hub repository id: two names of letters, digits, '-', '_', '.', each starting with a letter or digit (so
+# "./x" or "../x" stay paths).
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def resolve_model_path(spec: str) -> Path:
+    """A local folder or file as given; else ORG/NAME's current snapshot in the Hugging Face cache. A folder with
+    no config.json that holds exactly one .gguf (a GGUF repository's snapshot) stands for that file."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if not REPO_ID.fullmatch(spec):
+            raise ModelLoadError(f"{path} does not exist; pass a Hugging Face model folder, a .gguf file or ORG/NAME")
+        path = hf_cache_snapshot(spec)
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+        if ggufs:
+            raise ModelLoadError(f"{path} holds {len(ggufs)} .gguf files; pass one of them, e.g. {ggufs[0]}")
+    return path
+
+
+def hf_cache_dir() -> Path:
+    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub with XDG_CACHE_HOME defaulting to ~/.cache."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def hf_cache_snapshot(repo_id: str) -> Path:
+    """The snapshot folder of a model in the Hugging Face cache (models--ORG--NAME/snapshots/COMMIT/): the commit
+    that refs/main names when that snapshot is there, else the most recently written one. Reads only."""
+    repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        current = repo / "snapshots" / ref.read_text().strip()
+        if current.is_dir():
+            return current
+    snapshots = [p for p in (repo / "snapshots").glob("*") if p.is_dir()]
+    if not snapshots:
+        raise ModelLoadError(f"{repo_id} is not a local path and not in the Hugging Face cache (looked in {repo}); "
+                             f"fetch it with `hf download {repo_id}` (pip install huggingface_hub)")
+    return max(snapshots, key=lambda p: p.stat().st_mtime)
 
 
 def _hf_folder(path: Path):
