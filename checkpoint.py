@@ -149,12 +149,13 @@ def dequantize(data: np.ndarray, ggml_type: int, n_elements: int) -> np.ndarray:
     data = np.ascontiguousarray(data, dtype=np.uint8)
     if block == 1:
         return DEQUANTIZERS[name](data)
-    return DEQUANTIZERS[name](data.reshape(-1, size)).reshape(-1)  # (n_blocks, bytes per block) in
+    return DEQUANTIZERS[name](data.reshape(-1, size)).reshape(-1)  # (n_blocks, bytes per block)
 
 
 # Block layouts are ggml's (ggml-common.h). Each function takes (n_blocks, bytes per block) uint8 and returns
 # float32 weights that reshape to (n_blocks, weights per block). Arithmetic is float32 in ggml's order (scale
-# times sub-block scale first, then times q), and in place where a block is big, to keep peak memory near one copy.
+# times sub-block scale first, then times q), which makes us bit-exact with the gguf package, and in place, so a
+# tensor costs one float32 copy plus a few bytes per weight.
 
 def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
     """(n_blocks, 1) float32 from the f16 at byte `at` of every block."""
