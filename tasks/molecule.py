@@ -4,17 +4,21 @@ Candidates are SMILES parsed and canonicalised with RDKit (invalid or empty text
 chosen by --target:
 
 - `dock:<PROTEIN>`: the paper's docking score, 1 - ((vina + (1 - QED)) + 12) / 10 clipped to [0, 1], with the
-  Vina score from dockstring (AutoDock Vina against one of its 58 prepared protein targets), run in a pool of
-  worker processes with the paper's 90 s timeout per docking. Needs dockstring and Open Babel.
+  Vina score from dockstring (AutoDock Vina against one of its 58 prepared protein targets) at dockstring's default
+  seed, so a molecule's score is deterministic; run in a pool of worker processes with the paper's 90 s timeout per
+  docking. Needs dockstring and Open Babel (DOCKING_SETUP). `--targets paper` is the released scripts' 58 proteins,
+  `dock-small` five of them for shorter runs.
 - `qed`, `rediscover:<drug>`, `mpo`, `logp-window`: RDKit-only objectives that take milliseconds per molecule, for
   CPU demos and tests.
 
-Prompts ask for n = 5 molecules per answer (the paper's number) in a JSON list, with the answer forced to start
-with '{"response": ["' and real example SMILES: as earlier assistant answers in the on-policy and neighbourhood
-prompts, in the instructions of the OPRO prompt (bench/prompt_parse.py measures them). Measured with an earlier,
-instructions-only prompt, SmolLM2-135M-Instruct at temperature 1 (16 completions per setting, transformers
-reference, rediscover:celecoxib): a usable SMILES in 3/16 completions at n = 1, 4/16 at n = 3 and 2/16 at n = 5,
-so n barely matters for the untrained 135M model and we keep the paper's 5.
+Prompts ask for n molecules per answer in a JSON list, with the answer forced to start with '{"response": ["' and
+real example SMILES: as earlier assistant answers in the on-policy and neighbourhood prompts, in the instructions
+of the OPRO prompt (bench/prompt_parse.py measures them). n = 1 by default, as in the released scripts
+(`--num_guesses 1`: the "5" of 40 x 5 is the group size); `MoleculeTask(target, n=5)` asks for five and rewards a
+completion with its best. A completion yields at most n candidates, its first n valid molecules (the released
+code read only the first string of the list). Measured with an earlier, instructions-only prompt, SmolLM2-135M-
+Instruct at temperature 1 (16 completions per setting, transformers reference, rediscover:celecoxib): a usable
+SMILES in 3/16 completions at n = 1, 4/16 at n = 3 and 2/16 at n = 5.
 
 What it leaves out: the paper's molecule runs had no warm start and neither does this task; molecules are not
 filtered for novelty, size or charge (the oracle alone decides); docking poses are not kept; stereo-chemistry is
@@ -24,9 +28,11 @@ import importlib.util
 import json
 import math
 import multiprocessing
+import os
 import re
-import shutil
 import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +65,17 @@ EXAMPLES = ["CCOC(C)=O", "CCN(CC)CCO", "CC(C)CC(=O)O", "CC(N)C(=O)O", "OCC(O)CO"
 NS_EXAMPLES = [("CCN(CC)CCO", ["CCN(CC)CCOC", "CCN(C)CCO", "CCN(CC)CCN", "CCN(CC)CC(C)O", "CCCN(CC)CCO"]),
                ("Cc1ccccc1O", ["Cc1ccccc1", "Cc1ccccc1OC", "Cc1ccccc1N", "Cc1cccnc1O", "CCc1ccccc1O"])]
 
-# dockstring's five regression-benchmark targets. The MiGrATe paper docks against dockstring targets; we could not
-# confirm its exact five from public text, so this set is our documented choice.
-PAPER_DOCK_TARGETS = ["ESR2", "F2", "KIT", "PARP1", "PGR"]
+# The 58 dockstring proteins the released scripts loop over (scripts/dockstring/*.sh), in their order.
+PAPER_TARGETS = ["IGF1R", "JAK2", "KIT", "LCK", "MAPK14", "MAPKAPK2", "MET", "PTK2", "PTPN1", "SRC", "ABL1", "AKT1",
+                 "AKT2", "CDK2", "CSF1R", "EGFR", "KDR", "MAPK1", "FGFR1", "ROCK1", "MAP2K1", "PLK1", "HSD11B1",
+                 "PARP1", "PDE5A", "PTGS2", "ACHE", "MAOB", "CA2", "GBA", "HMGCR", "NOS1", "REN", "DHFR", "ESR1",
+                 "ESR2", "NR3C1", "PGR", "PPARA", "PPARD", "PPARG", "AR", "THRB", "ADAM17", "F10", "F2", "BACE1",
+                 "CASP3", "MMP13", "DPP4", "ADRB1", "ADRB2", "DRD2", "DRD3", "ADORA2A", "CYP2C9", "CYP3A4",
+                 "HSP90AA1"]
+# Our choice, not the paper's: dockstring's five regression-benchmark proteins, for runs that fit an afternoon.
+DOCK_SMALL_TARGETS = ["ESR2", "F2", "KIT", "PARP1", "PGR"]
+
+DOCKING_SETUP = "apt-get install -y openbabel && pip install dockstring==0.3.4"  # the README's set-up line
 
 RESPONSE_PREFIX = '{"response": ["'
 MAX_SMILES_CHARS = 200  # longer strings are not plausible drug-like SMILES; RDKit would waste time on them
@@ -102,8 +116,8 @@ def quoted_strings(text: str) -> list[str]:
     return out
 
 
-def parse_smiles_list(text: str) -> list[str]:
-    """Canonical SMILES found in the quoted strings of `text`, in order, duplicates removed.
+def parse_smiles_list(text: str, limit: int = MAX_CANDIDATES) -> list[str]:
+    """The first `limit` canonical SMILES found in the quoted strings of `text`, in order, duplicates removed.
 
     A quoted string may hold several SMILES separated by commas or spaces (a SMILES never contains either), so
     '["CCO, CCN"]' still gives two candidates. The JSON key "response" is just an invalid SMILES and drops out."""
@@ -113,7 +127,7 @@ def parse_smiles_list(text: str) -> list[str]:
             smiles = canonical_smiles(piece)
             if smiles is not None and smiles not in found:
                 found.append(smiles)
-                if len(found) == MAX_CANDIDATES:
+                if len(found) >= min(limit, MAX_CANDIDATES):
                     return found
     return found
 
@@ -204,23 +218,32 @@ def dock_score(vina: float, qed_value: float) -> float:
     return min(1.0, max(0.0, 1.0 - ((vina + (1.0 - qed_value)) + 12.0) / 10.0))
 
 
+def obabel_version() -> str | None:
+    """The first line of `obabel -V` (e.g. 'Open Babel 3.1.1 -- Jan  4 2023 -- 09:58:24'), None if it won't run."""
+    try:
+        done = subprocess.run(["obabel", "-V"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
 def check_docking(protein: str) -> str:
-    """The protein name as dockstring spells it; DockingUnavailable if dockstring or obabel is missing."""
-    how = "docking needs dockstring and Open Babel: apt-get install openbabel; pip install dockstring"
+    """The protein name as dockstring spells it; DockingUnavailable, one line naming DOCKING_SETUP, when dockstring
+    or Open Babel 3.1 is missing. Checked once here: dockstring would otherwise fail, and score 0, every molecule."""
     try:
         import dockstring
     except ImportError:
-        raise DockingUnavailable(f"dockstring is not installed; {how}") from None
-    if shutil.which("obabel") is None:
-        raise DockingUnavailable(f"Open Babel (obabel) is not on PATH; {how}")
-    names = getattr(dockstring, "list_all_target_names", None)
-    if names is not None:
-        valid = sorted(names())
-        match = {v.upper(): v for v in valid}.get(protein.upper())
-        if match is None:
-            raise ValueError(f"unknown dockstring protein {protein!r}; choose from {', '.join(valid)}")
-        return match
-    return protein
+        raise DockingUnavailable(f"docking needs dockstring, not installed; set up with: {DOCKING_SETUP}") from None
+    version = obabel_version()
+    if version is None:
+        raise DockingUnavailable(f"docking needs Open Babel (obabel), not on PATH; set up with: {DOCKING_SETUP}")
+    if not version.startswith("Open Babel 3.1"):  # dockstring refuses any other version
+        raise DockingUnavailable(f"dockstring needs Open Babel 3.1, found {version!r}; set up with: {DOCKING_SETUP}")
+    valid = sorted(dockstring.list_all_target_names())
+    match = {v.upper(): v for v in valid}.get(protein.upper())
+    if match is None:
+        raise ValueError(f"unknown dockstring protein {protein!r}; choose from {', '.join(valid)}")
+    return match
 
 
 def _raise_timeout(signum, frame):
@@ -228,7 +251,8 @@ def _raise_timeout(signum, frame):
 
 
 def dockstring_vina(protein: str, smiles: str, num_cpus: int) -> float | None:
-    """dockstring's Vina score (kcal/mol) of one molecule; raises on a docking failure."""
+    """dockstring's Vina score (kcal/mol) of one molecule at dockstring's default seed, as in the paper's code;
+    raises on a docking failure (dockstring's errors, Open Babel refusing the molecule)."""
     from dockstring import load_target
     vina, _aux = load_target(protein).dock(smiles, num_cpus=num_cpus)
     return None if vina is None else float(vina)
@@ -237,8 +261,8 @@ def dockstring_vina(protein: str, smiles: str, num_cpus: int) -> float | None:
 def vina_worker(dock_fn, protein: str, smiles: str, timeout_s: float, num_cpus: int) -> float | None:
     """Run dock_fn on one molecule in a worker process; None on any failure or after timeout_s seconds.
 
-    The alarm interrupts dockstring's wait on its Vina subprocess, and subprocess.run kills the child on the way
-    out, so a stuck docking frees its worker."""
+    The alarm interrupts dockstring's wait on its Vina or Open Babel subprocess, and subprocess.run kills that
+    child on the way out, so a long docking frees its worker."""
     signal.signal(signal.SIGALRM, _raise_timeout)
     signal.alarm(max(1, math.ceil(timeout_s)))
     try:
@@ -249,17 +273,26 @@ def vina_worker(dock_fn, protein: str, smiles: str, timeout_s: float, num_cpus: 
         signal.alarm(0)
 
 
-class DockingOracle:
-    """Vina scores of many SMILES at once, from a lazily started pool of worker processes."""
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
-    def __init__(self, protein: str, workers: int | None = None, timeout_s: float = 90.0,
+
+class DockingOracle:
+    """Vina scores of many SMILES at once, from a lazily started pool of worker processes.
+
+    Each worker docks one molecule at a time with cpus_per_job Vina threads (the paper's code: 2); by default as
+    many workers as the cores hold. The thread count changes the speed, not the score (tests/test_docking.py)."""
+
+    def __init__(self, protein: str, workers: int | None = None, cpus_per_job: int = 2, timeout_s: float = 90.0,
                  dock_fn=dockstring_vina):
         # dock_fn must be a module-level function: spawned workers receive it by name
         self.protein, self.timeout_s, self.dock_fn = protein, timeout_s, dock_fn
-        cpus = multiprocessing.cpu_count() or 2
-        self.workers = workers or max(1, min(8, cpus // 2))
-        # Vina is multi-threaded: share the cores among workers rather than oversubscribe them
-        self.cpus_per_job = max(1, cpus // self.workers)
+        self.cpus_per_job = cpus_per_job
+        self.workers = workers or max(1, min(8, available_cores() // cpus_per_job))
+        self.grace_s = 30.0  # slack of the batch deadline over the workers' own timeouts (pool start-up, imports)
         self.pool = None
 
     def vina(self, smiles: list[str]) -> list[float | None]:
@@ -270,15 +303,21 @@ class DockingOracle:
             self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
         jobs = [self.pool.apply_async(vina_worker, (self.dock_fn, self.protein, s, self.timeout_s, self.cpus_per_job))
                 for s in smiles]
-        # Each worker enforces its own timeout; this outer bound only guards against a worker that died.
+        # Each worker stops its own docking after timeout_s. One deadline for the whole batch catches a worker the
+        # alarm cannot reach (stuck inside a C++ call) or one that died; its molecules score None.
         waves = math.ceil(len(smiles) / self.workers)
-        bound = waves * (self.timeout_s + 30.0)
-        out = []
+        deadline = time.monotonic() + waves * (self.timeout_s + self.grace_s)
+        out, stuck = [], False
         for job in jobs:
             try:
-                out.append(job.get(timeout=bound))
+                out.append(job.get(timeout=max(0.0, deadline - time.monotonic())))
+            except multiprocessing.TimeoutError:
+                out.append(None)
+                stuck = True
             except Exception:
                 out.append(None)
+        if stuck:
+            self.close()  # a stuck worker would hold its slot for good: the next call starts a fresh pool
         return out
 
     def close(self):
@@ -312,14 +351,15 @@ class MoleculeTask(tasks.Task):
         topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
     )
     target_sets = {
-        "paper-dock": [f"dock:{p}" for p in PAPER_DOCK_TARGETS],
+        "paper": [f"dock:{p}" for p in PAPER_TARGETS],  # needs docking (DOCKING_SETUP)
+        "dock-small": [f"dock:{p}" for p in DOCK_SMALL_TARGETS],
         "rdkit": ["qed", "rediscover:celecoxib", "mpo", "logp-window"],
         "rediscover": [f"rediscover:{d}" for d in DRUGS],
     }
     default_target = "rediscover:celecoxib"
 
-    def __init__(self, target: str = default_target, n: int = 5, workers: int | None = None,
-                 timeout_s: float = 90.0, **options):
+    def __init__(self, target: str = default_target, n: int = 1, workers: int | None = None,
+                 cpus_per_job: int = 2, timeout_s: float = 90.0, **options):
         target = target.strip()
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n (molecules per answer) must be a positive integer, got {n!r}")
@@ -330,7 +370,7 @@ class MoleculeTask(tasks.Task):
         if target.startswith("dock:"):
             protein = check_docking(target[5:])
             target = f"dock:{protein}"
-            self.oracle = DockingOracle(protein, workers=workers, timeout_s=timeout_s)
+            self.oracle = DockingOracle(protein, workers, cpus_per_job, timeout_s)
         elif target.startswith("rediscover:"):
             drug = target.split(":", 1)[1].lower()
             if drug not in DRUGS:
@@ -353,23 +393,25 @@ class MoleculeTask(tasks.Task):
         """An earlier assistant turn holding up to n of `smiles` in the answer format."""
         return {"role": "assistant", "content": json.dumps({"response": smiles[:self.n]})}
 
+    def _count(self, noun: str) -> str:
+        """'one new molecule' at n = 1, '5 new molecules' otherwise: the prompts read naturally at any n."""
+        return f"one {noun}" if self.n == 1 else f"{self.n} {noun}s"
+
     def _format(self) -> str:
-        example = json.dumps({"response": EXAMPLES[:min(self.n, 5)]})
-        return f'Answer with a JSON object holding a list of {self.n} SMILES strings, like {example}'
+        return f"Answer with a JSON object holding a list of {self._count('SMILES string')}"
 
     def prompt(self) -> tasks.Prompt:
         # Two earlier answers (accepted, then "more, different from these") show the format and keep SMILES in
         # view; the model continues the pattern with new molecules instead of copying an example.
-        ask = (f"Propose {self.n} new molecules that {describe(self.target)}. Answer with a JSON object holding a "
-               f"list of {self.n} SMILES strings.")
-        more = {"role": "user", "content": f"Good. Propose {self.n} more new molecules, different from these."}
+        ask = (f"Propose {self._count('new molecule')}. We want molecules that {describe(self.target)}. "
+               f"{self._format()}.")
+        more = {"role": "user", "content": f"Good. Propose {self._count('more new molecule')}, different from these."}
         return tasks.Prompt([self._system(), {"role": "user", "content": ask}, self._answer(EXAMPLES[:5]), more,
                              self._answer(EXAMPLES[5:]), more], RESPONSE_PREFIX)
 
     def _vary(self, seed: str) -> str:
-        return (f"Here is a molecule: {seed}\nPropose {self.n} new molecules that are small variations of it "
-                f"(change, add or remove a few atoms or bonds) and {describe(self.target)}. Answer with a JSON "
-                f"object holding a list of {self.n} SMILES strings.")
+        return (f"Here is a molecule: {seed}\nPropose {self._count('small variation')} of it (change, add or remove "
+                f"a few atoms or bonds). We want molecules that {describe(self.target)}. {self._format()}.")
 
     def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
         # Two worked examples of the request, then the real seed as the last thing the model reads: with the seed
@@ -377,7 +419,7 @@ class MoleculeTask(tasks.Task):
         messages = [self._system()]
         for demo_seed, variations in NS_EXAMPLES:
             messages += [{"role": "user", "content": self._vary(demo_seed)}, self._answer(variations)]
-        messages.append({"role": "user", "content": f"Good. Now propose {self.n} small variations of this "
+        messages.append({"role": "user", "content": f"Good. Now propose {self._count('small variation')} of this "
                                                     f"molecule: {seed}"})
         return tasks.Prompt(messages, RESPONSE_PREFIX)
 
@@ -385,14 +427,14 @@ class MoleculeTask(tasks.Task):
         # The scored list already shows SMILES, so the example sits in the instructions (copied in ~10% of answers)
         shown = "\n".join(f"{smiles} score: {score:.3f}" for smiles, score in ranked)
         user = (f"We want molecules that {describe(self.target)}. Here are molecules scored so far, from worst "
-                f"to best:\n{shown}\nPropose {self.n} new molecules that score higher than all of these. "
-                f"{self._format()}")
+                f"to best:\n{shown}\nPropose {self._count('new molecule')} scoring higher than all of "
+                f"these. {self._format()}, like {json.dumps({'response': EXAMPLES[:min(self.n, 5)]})}")
         return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
 
     # -- candidates -------------------------------------------------------------------------------------------
     def parse(self, completion: str) -> list[str]:
         try:
-            return parse_smiles_list(completion)
+            return parse_smiles_list(completion, self.n)
         except Exception:  # the protocol promises never to raise on model output
             return []
 

@@ -8,7 +8,10 @@ import builtins
 import json
 import math
 import random
+import signal
+import sys
 import time
+import types
 
 import pytest
 from rdkit import Chem, DataStructs
@@ -29,13 +32,20 @@ def rdkit_canon(smiles):
 # -- parsing ------------------------------------------------------------------------------------------------
 
 def test_parse_well_formed_completion_canonicalises_in_order():
-    task = MoleculeTask("qed")
+    task = MoleculeTask("qed", n=5)
     text = task.prompt().prefix + 'OC(=O)c1ccccc1OC(C)=O", "C1=CC=CC=C1", "CCO"]}'
     assert task.parse(text) == [rdkit_canon(ASPIRIN), "c1ccccc1", "CCO"]
 
 
+def test_parse_keeps_the_first_n_valid_molecules():
+    """One molecule per completion by default (the released scripts' --num_guesses 1): extra ones are not scored."""
+    text = '{"response": ["junk", "CCO", "CCN", "c1ccccc1"]}'
+    assert MoleculeTask("qed").parse(text) == ["CCO"]
+    assert MoleculeTask("qed", n=2).parse(text) == ["CCO", "CCN"]
+
+
 def test_parse_removes_duplicates_after_canonicalisation():
-    task = MoleculeTask("qed")
+    task = MoleculeTask("qed", n=5)
     # three spellings of ethanol and two of benzene
     text = '{"response": ["CCO", "OCC", "C(O)C", "c1ccccc1", "C1=CC=CC=C1"]}'
     assert task.parse(text) == ["CCO", "c1ccccc1"]
@@ -59,7 +69,7 @@ def test_parse_gives_nothing_for_malformed_or_adversarial_text(text):
 
 
 def test_parse_recovers_valid_molecules_from_messy_output():
-    task = MoleculeTask("qed")
+    task = MoleculeTask("qed", n=5)
     nested = '{"response": [["CCO"], {"x": "CCN"}], "other": {"deep": ["c1ccccc1"]}}'
     assert task.parse(nested) == ["CCO", "CCN", "c1ccccc1"]
     # several SMILES in one string, and a truncated completion whose last string never closes
@@ -70,7 +80,7 @@ def test_parse_recovers_valid_molecules_from_messy_output():
 
 def test_parse_caps_the_number_of_candidates():
     alkanes = ", ".join(f'"{"C" * k}"' for k in range(1, 100))
-    assert len(MoleculeTask("qed").parse('{"response": [' + alkanes + "]}")) == molecule.MAX_CANDIDATES
+    assert len(MoleculeTask("qed", n=1000).parse('{"response": [' + alkanes + "]}")) == molecule.MAX_CANDIDATES
 
 
 def test_render_parse_round_trip_starts_with_prefix():
@@ -202,7 +212,8 @@ def test_on_policy_and_ns_examples_are_earlier_assistant_answers(n):
         assert not any(s in p.messages[-1]["content"].split() for s in shown)
     on_policy = [json.loads(m["content"])["response"] for m in task.prompt().messages if m["role"] == "assistant"]
     assert on_policy == [molecule.EXAMPLES[:5][:n], molecule.EXAMPLES[5:][:n]]
-    assert f"{n} SMILES strings" in task.prompt().messages[1]["content"]
+    asked = "one SMILES string." if n == 1 else f"{n} SMILES strings."
+    assert task.prompt().messages[1]["content"].endswith(asked)
 
 
 def test_examples_are_not_rediscovery_targets():
@@ -221,6 +232,7 @@ def test_defaults_follow_the_paper():
     assert all(p.alpha + p.beta + p.gamma == 5 for p in d.presets.values())  # baselines use GRPO's group size
     assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (
         1, 2, 5e-5, 64, 16, 256, 40)
+    assert MoleculeTask("qed").n == 1  # --num_guesses 1: the 5 of "40 x 5" is the group, not molecules per answer
     assert MoleculeTask.default_target in MoleculeTask.target_sets["rdkit"]
     assert MoleculeTask("qed").warm_start(random.Random(0)) == []
     assert tasks.TASKS["molecule"] is MoleculeTask  # registered on import
@@ -259,9 +271,62 @@ def test_docking_without_dockstring_gives_one_line_install_hint(monkeypatch):
     with pytest.raises(molecule.DockingUnavailable) as err:
         MoleculeTask("dock:DRD2")
     message = str(err.value)
-    assert "\n" not in message
-    assert "pip install dockstring" in message and "apt-get install openbabel" in message
+    assert "\n" not in message and message.endswith(molecule.DOCKING_SETUP)
+    assert "pip install dockstring==0.3.4" in message and "apt-get install -y openbabel" in message
     assert isinstance(err.value, ValueError)
+
+
+def fake_dockstring(monkeypatch):
+    """An importable stand-in for dockstring that knows two proteins: the checks run without the real package."""
+    module = types.ModuleType("dockstring")
+    module.list_all_target_names = lambda: ["DRD2", "KIT"]
+    monkeypatch.setitem(sys.modules, "dockstring", module)
+
+
+def fake_obabel(monkeypatch, folder, version_line):
+    """PATH = `folder`, holding an `obabel` that prints version_line, or no obabel at all when it is None."""
+    if version_line is not None:
+        script = folder / "obabel"
+        script.write_text(f"#!/bin/sh\necho '{version_line}'\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(folder))
+
+
+@pytest.mark.parametrize("version_line, expected", [
+    (None, "Open Babel (obabel), not on PATH"),
+    ("Open Babel 2.4.1 -- Oct 10 2019 -- 10:00:00", "needs Open Babel 3.1, found 'Open Babel 2.4.1"),
+])
+def test_docking_without_open_babel_3_1_gives_one_line_setup_hint(monkeypatch, tmp_path, version_line, expected):
+    fake_dockstring(monkeypatch)
+    fake_obabel(monkeypatch, tmp_path, version_line)
+    with pytest.raises(molecule.DockingUnavailable) as err:
+        MoleculeTask("dock:DRD2")
+    message = str(err.value)
+    assert expected in message and message.endswith(molecule.DOCKING_SETUP) and "\n" not in message
+
+
+def test_docking_target_is_spelled_as_dockstring_does_and_unknown_ones_raise(monkeypatch, tmp_path):
+    fake_dockstring(monkeypatch)
+    fake_obabel(monkeypatch, tmp_path, "Open Babel 3.1.1 -- Jan  4 2023 -- 09:58:24")
+    task = MoleculeTask("dock:drd2")
+    assert task.target == "dock:DRD2" and task.oracle.protein == "DRD2" and task.oracle.pool is None
+    with pytest.raises(ValueError, match="unknown dockstring protein 'XYZ1'; choose from DRD2, KIT"):
+        MoleculeTask("dock:XYZ1")
+
+
+def test_paper_targets_are_the_released_scripts_58():
+    paper = MoleculeTask.target_sets["paper"]
+    assert len(paper) == len(set(paper)) == 58
+    # first and last three of the list in scripts/dockstring/*.sh (dhdhagar/migrate), which keeps this order
+    assert paper[:3] == ["dock:IGF1R", "dock:JAK2", "dock:KIT"]
+    assert paper[-3:] == ["dock:CYP2C9", "dock:CYP3A4", "dock:HSP90AA1"]
+    assert set(MoleculeTask.target_sets["dock-small"]) < set(paper)
+    assert "paper-dock" not in MoleculeTask.target_sets  # five proteins of our choosing, now named dock-small
+
+
+def test_paper_targets_are_all_dockstring_targets():
+    dockstring = pytest.importorskip("dockstring", reason="dockstring is not installed (optional: docking)")
+    assert {t[5:] for t in MoleculeTask.target_sets["paper"]} == set(dockstring.list_all_target_names())
 
 
 def fake_vina(protein, smiles, num_cpus):
@@ -288,3 +353,23 @@ def test_docking_scores_through_worker_pool(monkeypatch):
     m = Chem.MolFromSmiles(ASPIRIN)
     expected = molecule.dock_score(-m.GetNumAtoms() / 2, QED.qed(m))
     assert scores == [pytest.approx(expected), 0.0, 0.0, 0.0, pytest.approx(expected)]
+
+
+def stuck_vina(protein, smiles, num_cpus):
+    """Ignores the worker's alarm when the molecule has sulfur, as a docking stuck inside a C++ call would."""
+    if "S" in smiles:
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(600)
+    return -float(len(smiles))
+
+
+def test_a_worker_the_alarm_cannot_stop_is_replaced_by_a_fresh_pool():
+    oracle = molecule.DockingOracle("DRD2", workers=1, cpus_per_job=1, timeout_s=1, dock_fn=stuck_vina)
+    oracle.grace_s = 4  # the batch deadline: 2 molecules on 1 worker = 2 x (1 + 4) s
+    start = time.monotonic()
+    try:
+        assert oracle.vina(["CCS", "CCO"]) == [None, None]  # CCO waited behind the stuck worker
+        assert time.monotonic() - start < 60 and oracle.pool is None  # the stuck pool was terminated
+        assert oracle.vina(["CCO"]) == [-3.0]  # a fresh pool scores again
+    finally:
+        oracle.close()
