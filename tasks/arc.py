@@ -3,11 +3,16 @@
 A target is one ARC task id. The prompt shows the task's train pairs and its test input (never a test output),
 each grid as one colour name per cell and one row per line, as in the paper; the answer is forced to start with
 "```python\\ndef transform(grid):" so that even a small model writes the right function. A candidate is the
-source of the first fenced (or bare) code block that defines `transform` and compiles, normalised (dedented,
-trailing spaces and blank edge lines dropped).
+source of the first fenced (or bare) code block that defines `transform` (or `main`) and compiles, normalised
+(dedented, trailing spaces and blank edge lines dropped).
 
-Score: each candidate runs in a sandboxed process (tasks/sandbox.py, 1 s per call) on every train input; the
-score is the mean over train pairs of the cell accuracy defined in `pair_score`. 1.0 means every train pair is
+Programs in the shape of the paper's ARC model (barc0/Llama-3.1-ARC-Potpourri-Induction-8B) are accepted too:
+`main(input_grid)` on a numpy array, with `from common import *` (our own helpers, tasks/arc_common.py). A
+program that defines `transform` gets lists of lists; one that defines only `main` gets numpy arrays.
+
+Score: each candidate runs in the sandbox (tasks/sandbox.py: isolated workers where Linux namespaces work,
+1 s per call) on every train input and the test inputs, never seeing an output; the parent scores what comes
+back: the mean over train pairs of the cell accuracy defined in `pair_score`. 1.0 means every train pair is
 solved. `report` then runs the solving programs on the test input(s), majority-votes their outputs and checks
 pass@1, pass@2 and the oracle against the true test output(s).
 
@@ -28,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import tasks
-from tasks.sandbox import run_programs
+from tasks.sandbox import MODES, isolation, run_programs
 
 COLOURS = ["Black", "Blue", "Red", "Green", "Yellow", "Gray", "Pink", "Orange", "Purple", "Brown"]  # 0..9
 
@@ -39,6 +44,8 @@ PAPER54 = """00576224 0c786b71 0c9aba6e 17cae0c1 195ba7dc 2072aba6 27a77e38 2811
     af24b4cc b0722778 b1fc8b8e bbb1b8b6 be03b35f c074846d c8b7cc0f ca8de6ea d017b73f
     d19f7514 e133d23d e345f17b e633a9e5 e6de6e8f e99362f0 ed74f2f2 ed98d772 fc754716""".split()
 
+ENTRIES = ("transform", "main")  # ours (list grids), and BARC's (numpy grids, `from common import *`)
+COMMON = (Path(__file__).parent / "arc_common.py").read_text()  # importable as `common` inside the sandbox
 DEF_LINE = "def transform(grid):"
 RESPONSE_PREFIX = "```python\n" + DEF_LINE  # the model continues with the function body
 MAX_CODE_CHARS = 20_000  # ~5x the paper's 1024 new tokens: anything longer is runaway text
@@ -172,40 +179,44 @@ def normalise(code: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def defines_transform(code: str) -> bool:
-    """Does `code` compile and define transform at top level?"""
+def defines_entry(code: str) -> bool:
+    """Does `code` compile and define transform or main at top level?"""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return False
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "transform" for n in tree.body)
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in ENTRIES for n in tree.body)
+
+
+def mentions_entry(text: str) -> bool:
+    return any(f"def {name}" in text for name in ENTRIES)
 
 
 def extract_program(block: str, fenced: bool) -> str | None:
     """The block's code (bare text: from its first import/def/class line) minus trailing lines (prose or a
-    cut-off statement) until it compiles; None if no such prefix defines transform."""
+    cut-off statement) until it compiles; None if no such prefix defines transform or main."""
     lines = normalise(block).splitlines()
     if not fenced:
         starts = [i for i, line in enumerate(lines) if re.match(r"(import |from \S+ import |def |class )", line)]
         lines = lines[starts[0]:] if starts else []
     for cut in range(min(MAX_TRIM_LINES, len(lines)) + 1):
         code = normalise("\n".join(lines[:len(lines) - cut]))
-        if "def transform" not in code:
+        if not mentions_entry(code):
             return None
-        if defines_transform(code):
+        if defines_entry(code):
             return code
     return None
 
 
 def parse_program(completion: str) -> str | None:
     """The canonical program in a completion: the first code block that yields one. Never raises."""
-    if not isinstance(completion, str) or "def transform" not in completion:
+    if not isinstance(completion, str) or not mentions_entry(completion):
         return None
     completion = completion[:MAX_CODE_CHARS * 2]
     blocks = code_blocks(completion)
     fenced = blocks != [completion]
     for block in blocks:
-        if "def transform" in block and len(block) <= MAX_CODE_CHARS:
+        if mentions_entry(block) and len(block) <= MAX_CODE_CHARS:
             code = extract_program(block, fenced)
             if code is not None:
                 return code
@@ -235,11 +246,13 @@ class ArcTask(tasks.Task):
     default_target = PAPER54[0]
 
     def __init__(self, target: str, arc_data: str | None = None, timeout: float = 1.0, memory_mb: int = 1024,
-                 workers: int | None = None, **options):
+                 workers: int | None = None, sandbox: str = "auto", **options):
         super().__init__(target)
         if options:
             raise ValueError(f"unknown ARC task option(s) {', '.join(sorted(options))}; "
-                             "valid: arc_data, timeout, memory_mb, workers")
+                             "valid: arc_data, timeout, memory_mb, workers, sandbox")
+        if sandbox not in MODES:
+            raise ValueError(f"sandbox must be one of {', '.join(MODES)}, got {sandbox!r}")
         data = load_arc(str(arc_data) if arc_data is not None else None)
         if target not in data["tasks"]:
             where = f"arc_data {arc_data}" if arc_data else "ARC-AGI-1 (train or eval split)"
@@ -248,7 +261,9 @@ class ArcTask(tasks.Task):
         self.data = data["tasks"][target]
         self.train = self.data["train"]
         self.test = self.data["test"]
-        self.run_options = dict(timeout=timeout, memory_mb=memory_mb, workers=workers)
+        self.run_options = dict(timeout=timeout, memory_mb=memory_mb, workers=workers, sandbox=sandbox,
+                                numpy_entry="main", modules={"common": COMMON})
+        self.isolation = isolation(sandbox, workers or 1)  # says which, once; "strict" raises where there is none
         self.test_outputs: dict[str, list] = {}  # candidate -> outputs on the test inputs, for report()
 
     # -- prompts ----------------------------------------------------------------------------------------
@@ -286,11 +301,13 @@ class ArcTask(tasks.Task):
 
     def render(self, candidate: str) -> str:
         """The greedy member's text. Candidates found by the loop start with DEF_LINE (the response prefix); any
-        other program is put after a placeholder transform that its own definition overrides (same behaviour,
-        but a different canonical string, so it is scored once more)."""
+        other program is put after a placeholder transform that its own definition overrides, or that is unset
+        when the program's entry is BARC's main (same behaviour, but a different canonical string, so it is scored
+        once more)."""
         if candidate.startswith(DEF_LINE):
             return f"```python\n{candidate}\n```"
-        return f"{RESPONSE_PREFIX}\n    return grid\n\n\n{candidate}\n```"
+        unset = "" if "def transform" in candidate else "\ntransform = None  # the entry is main"
+        return f"{RESPONSE_PREFIX}\n    return grid\n\n\n{candidate}{unset}\n```"
 
     def score(self, candidates: list[str]) -> list[float]:
         """Mean pair_score over the train pairs; test outputs of the programs that solve them are kept for report."""
