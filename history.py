@@ -6,8 +6,10 @@
 - Islands: the island-model database of the MiGrATe-Evo variant: several sub-populations that evolve apart,
   an elite archive of the best overall, and periodic migration of each island's best to its neighbour.
 
-Both are plain Python objects so that a run's state pickles with torch.save and resumes exactly.
+Both are saved with a run's state as plain data (dicts, lists, numbers, strings: history_data, islands_data),
+which torch.load(weights_only=True) reads back without running any code from the file.
 """
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -106,3 +108,22 @@ class Islands:
         for i, cand in enumerate(bests):
             if cand is not None:
                 self.add(cand, self.islands[i][cand], (i + 1) % self.n_islands)  # add() keeps the size cap
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain data for state.pt: insertion order is kept, so top() breaks ties the same way after a resume.
+
+def history_data(h: History) -> dict:
+    return dict(budget=h.budget, evaluations=h.evaluations, entries=[dataclasses.asdict(e) for e in h.entries.values()])
+
+
+def history_from_data(d: dict) -> History:
+    return History(d["budget"], {e["candidate"]: Entry(**e) for e in d["entries"]}, d["evaluations"])
+
+
+def islands_data(isl: Islands) -> dict:
+    return dataclasses.asdict(isl)
+
+
+def islands_from_data(d: dict) -> Islands:
+    return Islands(**d)

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rundir import (RunState, atomic_write, keep_log_lines, load_state, save_state, slug, write_results,
-                    write_summary)
+from rundir import (RunFolderError, RunState, atomic_write, keep_log_lines, load_state, lock_folder, save_state,
+                    short, slug, started, write_results, write_summary)
 
 STRATEGIES = ("random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo")
 
@@ -325,8 +325,15 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         save_state(run_dir, state, policy)
     bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
                disable=quiet, dynamic_ncols=True)
+    first = state.iteration + 1
     while not state.finished:
+        t0 = time.time()
         record = run_iteration(state, policy, task)
+        if record["iteration"] == first and not quiet:  # a measured rate: later iterations cost about the same
+            left = s.iterations - record["iteration"]
+            bar.write(f"{s.target[:40]}: iteration {record['iteration']} took {time.time() - t0:.0f} s; at most "
+                      f"about {(time.time() - t0) * left / 60:.0f} min for the {left} left (less if solved early)",
+                      file=sys.stderr)
         state.iteration = record["iteration"]
         solved = record["best_score"] >= task.solved_score
         stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
@@ -391,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile-logprobs", action="store_true", help="torch.compile the fused log-prob chunk")
     a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
     a("--quiet", action="store_true", help="no progress bar")
+    a("--full", action="store_true", help="the paper's iterations and completion length on CPU too [a CPU demo]")
+    a("--threads", type=int, help="CPU threads [free cores: cores less the 1-minute load average]")
     return p
 
 
@@ -440,8 +449,12 @@ def check_settings(s: Settings) -> None:
 def expand_targets(args, task_cls) -> list[str]:
     if args.target and args.targets:
         raise UsageError("give --target or --targets, not both")
+    if args.target is not None and not args.target.strip():
+        raise UsageError("--target is empty; leave it out for the task's default target")
     if args.targets:
         names = task_cls.target_sets.get(args.targets) or [t.strip() for t in args.targets.split(",") if t.strip()]
+        if not names:
+            raise UsageError(f"--targets {short(args.targets)!r} names no target")
     else:
         names = [args.target or task_cls.default_target]
     return names
@@ -474,27 +487,36 @@ def load_task_class(name: str):
 
 
 def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
-    """Write config.json for a new run; for --resume, check the folder's settings instead of overwriting them."""
+    """Lock the run folder, then write config.json for a new run, or check it for --resume. Only a folder whose
+    search has saved an iteration is taken: one left by a start that failed (bad --model, failed download) is
+    simply reused by the next command, which may then change any setting."""
     config = dict(settings=dataclasses.asdict(s), targets=targets)
+    out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
     if args.resume:
-        out = Path(args.resume)
-        saved = read_config(out)
-        given = {k: v for k, v in config["settings"].items() if k not in ("target",)}
-        # a setting missing from the saved config was added to the code after the run began: it takes its value
-        differs = [k for k, v in given.items() if k in saved["settings"] and saved["settings"][k] != v]
-        if differs:
-            k = differs[0]
-            raise UsageError(f"{out} was run with {k}={saved['settings'].get(k)!r}, not {given[k]!r}; "
-                             "resume with the same settings or choose another --out")
-        return out
-    out = Path(args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
-    if (out / "config.json").exists():
-        if read_config(out) == json.loads(json.dumps(config)):
-            raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
-        raise UsageError(f"{out} holds a run with other settings; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        saved = read_config(out)  # before the lock: a folder that is no run folder is not created or touched
+        lock_folder(out)
+        if started(out, saved["targets"]):
+            check_same_settings(out, saved, config)
+            return out
+    else:
+        lock_folder(out)
+        saved = read_config(out) if (out / "config.json").exists() else None
+        if saved and started(out, saved["targets"]):
+            if saved == json.loads(json.dumps(config)):
+                raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
+            raise UsageError(f"{out} holds a run with other settings; choose another --out")
     atomic_write(out / "config.json", json.dumps(config, indent=1))
     return out
+
+
+def check_same_settings(out: Path, saved: dict, config: dict) -> None:
+    given = {k: v for k, v in config["settings"].items() if k not in ("target",)}
+    # a setting missing from the saved config was added to the code after the run began: it takes its value
+    differs = [k for k, v in given.items() if k in saved["settings"] and saved["settings"][k] != v]
+    if differs:
+        k = differs[0]
+        raise UsageError(f"{out} was run with {k}={saved['settings'].get(k)!r}, not {given[k]!r}; "
+                         "resume with the same settings or choose another --out")
 
 
 def read_config(out: Path) -> dict:
@@ -520,6 +542,53 @@ def settings_from_resume(args) -> argparse.Namespace:
     return args
 
 
+def explain_scores(out: Path, targets: list[str], task_cls) -> str:
+    """What the summary's numbers mean (each task says it), then the yes/no measures of a task's report, such
+    as ARC's pass@2 on the test output."""
+    lines = [task_cls.defaults.extra.get("score_meaning", f"best score: the task's score in [0, 1], "
+                                                          f"{task_cls.solved_score} = solved")]
+    for t in targets:
+        path = out / slug(t) / "best.json"
+        report = json.loads(path.read_text()).get("report", {}) if path.exists() else {}
+        flags = [f"{k} {v}" for k, v in report.items() if isinstance(v, bool)]
+        if flags:
+            lines.append(f"{short(t, 40)}: {', '.join(flags)}")
+    return "\n".join(lines)
+
+
+def cpu_demo(s: Settings, args, d) -> str:
+    """On CPU, unless --full or a length was given: the task's demo settings (fewer iterations, shorter answers)
+    so that a first run ends in minutes. Returns the note that says so, and how to get the paper's settings."""
+    if s.device != "cpu" or args.full or args.iterations is not None or args.budget is not None:
+        return ""
+    s.iterations = d.extra.get("demo_iterations", s.iterations)
+    if args.max_new_tokens is None:
+        s.max_new_tokens = d.extra.get("demo_max_new_tokens", s.max_new_tokens)
+    if (s.iterations, s.max_new_tokens) == (d.iterations, d.max_new_tokens):
+        return ""
+    return (f"\nthis is the CPU demo; the paper's {d.iterations} iterations of {d.max_new_tokens} tokens: --full "
+            "(it will say how long)")
+
+
+def set_cpu_threads(flag: int | None) -> str:
+    """torch's CPU threads: --threads, else OMP_NUM_THREADS, else the cores this process may use less those the
+    1-minute load average shows busy (whole cores), shared among torchrun's local processes. Runs that share a
+    machine then do not oversubscribe it, which would slow each of them down. Returns the note that says so."""
+    import torch
+    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    if flag is not None and flag < 1:
+        raise UsageError(f"--threads must be positive, got {flag}")
+    if flag:
+        n, why = flag, "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    else:
+        n = max(1, (cores - int(load)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        why = f"{cores} cores, load {load:.1f}; --threads N to change"
+    torch.set_num_threads(n)
+    return f", {n} thread{'s' * (n > 1)} ({why})"
+
+
 def rank_device(device: str) -> str:
     """torchrun starts one process per GPU: each takes the GPU of its LOCAL_RANK, not every rank cuda:0."""
     import torch
@@ -538,7 +607,7 @@ def on_rank0(fn, world: int):
     if int(os.environ.get("RANK", 0)) == 0:
         try:
             result = fn()
-        except UsageError as e:
+        except (UsageError, RunFolderError) as e:
             error = str(e)
     if world > 1:
         import torch.distributed as dist
@@ -551,10 +620,11 @@ def on_rank0(fn, world: int):
 
 
 def main(argv=None) -> int:
+    from assets import AssetError
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except UsageError as e:
+    except (UsageError, RunFolderError, AssetError) as e:
         print(f"migrate.py: error: {e}", file=sys.stderr)
         return 2
 
@@ -568,18 +638,19 @@ def run(args) -> int:
     s = resolve_settings(args, task_cls)
     s.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     s.dtype = args.dtype or ("bfloat16" if s.device == "cuda" else "float32")
-    demo = task_cls.defaults.extra.get("demo_iterations")
-    if s.device == "cpu" and demo and args.iterations is None and args.budget is None:
-        s.iterations = demo  # a CPU demo that ends in minutes; the paper's count stays one flag away
-        print(f"CPU demo: {demo} iterations (the paper ran {task_cls.defaults.iterations}: --iterations "
-              f"{task_cls.defaults.iterations})", file=sys.stderr)
+    demo = cpu_demo(s, args, task_cls.defaults)
     targets = expand_targets(args, task_cls)
     tasks_by_target = {}
     for t in targets:  # build every task first: a bad target fails before any work starts
         try:
             tasks_by_target[t] = task_cls(t, **s.task_options)
         except ValueError as e:
-            raise UsageError(str(e).splitlines()[0] if str(e) else f"bad target {t!r}")
+            raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
+    threads = set_cpu_threads(args.threads) if s.device == "cpu" else ""
+    if not args.quiet:
+        print(f"{s.strategy} on {s.task} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
+              f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}{demo}",
+              file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:  # torchrun: ranks only share the run folder's check and wait for each other at the end
         import datetime
@@ -607,7 +678,7 @@ def run(args) -> int:
     if rank == 0:
         write_summary(out, targets)
         if not args.quiet:
-            print((out / "summary.md").read_text() + f"run folder: {out}")
+            print((out / "summary.md").read_text() + explain_scores(out, targets, task_cls) + f"\nrun folder: {out}")
     return 0
 
 

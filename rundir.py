@@ -1,17 +1,23 @@
 """The files of one run, and the state that makes it resumable.
 
-A run folder holds config.json (written by migrate.py) and, per target: state.pt (everything needed to continue
-exactly, replaced atomically after every iteration), history.jsonl (one record per iteration), best.json,
-adapter.safetensors and plot.svg. A sweep folder adds summary.md and summary.csv. Nothing here knows the
-algorithm: migrate.py decides what goes into a record, this file only keeps it safe on disk.
+A run folder holds config.json (written by migrate.py), .lock (the pid of the process running it) and, per
+target: state.pt (everything needed to continue exactly, replaced atomically after every iteration and deleted
+once best.json is written), history.jsonl (one record per iteration), best.json, adapter.safetensors and
+plot.svg. A sweep folder adds summary.md and summary.csv. Nothing here knows the algorithm: migrate.py decides
+what goes into a record, this file only keeps it safe on disk and refuses, in one line, what it cannot trust.
 """
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class RunFolderError(Exception):
+    """A run folder that cannot be used as it is (locked, read-only, damaged), reported as one line."""
 
 
 @dataclass
@@ -24,12 +30,54 @@ class RunState:
     finished: bool = False
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Claiming a folder: one process at a time, and only a search that has begun makes the folder taken.
+
+_held = {}  # folder -> its open .lock file, kept open (and so locked) for the life of this process
+
+
+def lock_folder(out: Path) -> None:
+    """Make out if needed and hold its lock until this process exits. The lock is the OS's (flock): the kernel
+    drops it however the process ends, SIGKILL included, so a dead run never leaves a stale lock behind."""
+    import fcntl
+    key = out.resolve()
+    if key in _held:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a+")
+    except OSError as e:
+        raise RunFolderError(f"cannot write to {e.filename or out} ({e.strerror}); a run folder must be writable")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "another process"
+        f.close()
+        raise RunFolderError(f"{out} is in use by process {pid}; let it finish (or stop it), then --resume {out}")
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held[key] = f
+
+
+def started(out: Path, targets: list[str]) -> bool:
+    """Whether a search in out has saved an iteration: before that, the folder holds nothing worth keeping
+    (a start that failed on a bad --model or a download) and a new command may take it over."""
+    return any((out / slug(t) / name).exists() for t in targets for name in ("state.pt", "best.json"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# state.pt: tensors and plain data only, so torch.load(weights_only=True) reads it and runs no code from it.
+
 def save_state(run_dir: Path, state: RunState, policy) -> None:
     """Everything needed to continue exactly, written atomically (a crash leaves the previous state)."""
     import torch
+    from history import history_data, islands_data
     from model import lora_state_dict
-    blob = dict(iteration=state.iteration, finished=state.finished, history=state.history, islands=state.islands,
-                rng=state.rng.getstate(), generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
+    blob = dict(iteration=state.iteration, finished=state.finished, history=history_data(state.history),
+                islands=islands_data(state.islands), rng=state.rng.getstate(),
+                generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
                 adapter=lora_state_dict(policy.model) if policy.s.update else None,
                 optimizer=policy.optimizer.state_dict() if policy.optimizer else None)
     tmp = run_dir / "state.pt.tmp"
@@ -38,24 +86,63 @@ def save_state(run_dir: Path, state: RunState, policy) -> None:
 
 
 def load_state(run_dir: Path, s, policy) -> RunState:
+    """The state saved after the last finished iteration; a file that cannot be read is a one-line error."""
     import torch
+    from history import History, history_from_data, islands_from_data
     from model import load_lora_state_dict
-    blob = torch.load(run_dir / "state.pt", weights_only=False)
-    rng = random.Random()
-    rng.setstate(blob["rng"])
-    gen = torch.Generator(device=s.device)
-    gen.set_state(blob["generator"])
-    torch.set_rng_state(blob["torch_rng"])
-    if s.update:
-        load_lora_state_dict(policy.model, blob["adapter"])
-        policy.optimizer.load_state_dict(blob["optimizer"])
-    return RunState(blob["history"], blob["islands"], rng, gen, blob["iteration"], blob["finished"])
+    path = run_dir / "state.pt"
+    try:
+        blob = read_state_file(path)
+        history, islands = blob["history"], blob["islands"]
+        if not isinstance(history, History):  # folders written before plain data hold the objects themselves
+            history, islands = history_from_data(history), islands_from_data(islands)
+        rng = random.Random()
+        rng.setstate(blob["rng"])
+        gen = torch.Generator(device=s.device)
+        gen.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        if s.update:
+            load_lora_state_dict(policy.model, blob["adapter"])
+            policy.optimizer.load_state_dict(blob["optimizer"])
+        return RunState(history, islands, rng, gen, blob["iteration"], blob["finished"])
+    except Exception as e:  # truncated, random bytes, foreign or tampered: nothing in it can be trusted
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise RunFolderError(f"{path} is damaged ({why}); this target cannot continue exactly: delete {run_dir} "
+                             "to search it again from the start") from None
 
+
+def read_state_file(path: Path) -> dict:
+    """torch.load that runs no code from the file. Besides tensors and plain data, it admits (by name) only the
+    History, Entry and Islands objects that state.pt held before it was plain data, so old folders resume."""
+    import torch
+    from history import Entry, History, Islands
+    with torch.serialization.safe_globals([History, Entry, Islands]):
+        return torch.load(path, weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# history.jsonl and the files of a finished search.
 
 def keep_log_lines(path: Path, iterations: int) -> None:
-    """Drop records past the saved state: written just before a crash, they will be written again."""
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    path.write_text("".join(l for l in lines if json.loads(l)["iteration"] <= iterations))
+    """Cut history.jsonl back to the saved state, iterations 0..iterations. A record past it, or a half-written
+    last line, was written by the iteration a crash interrupted: it is dropped and that iteration runs again, so
+    nothing saved is lost. A damaged or missing record inside the saved range cannot be rebuilt: one-line error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for n, line in enumerate(lines):
+        try:
+            iteration = json.loads(line)["iteration"]
+        except (ValueError, TypeError, KeyError):
+            if n == len(lines) - 1:
+                break  # the crash came mid-write; the saved state is older than this line
+            raise RunFolderError(f"{path} line {n + 1} is damaged; restore the file, or delete {path.parent} "
+                                 "to search this target again from the start")
+        if iteration <= iterations:
+            kept.append(line + "\n")
+    if len(kept) != iterations + 1:
+        raise RunFolderError(f"{path} holds {len(kept)} of the {iterations + 1} records of the saved state; "
+                             f"restore the file, or delete {path.parent} to search this target again from the start")
+    atomic_write(path, "".join(kept))
 
 
 def write_results(run_dir: Path, s, state: RunState, policy, task) -> dict:
@@ -74,6 +161,8 @@ def write_results(run_dir: Path, s, state: RunState, policy, task) -> dict:
     if s.update:
         write_safetensors(run_dir / "adapter.safetensors", lora_state_dict(policy.model))
     atomic_write(run_dir / "plot.svg", plot_svg(records, f"{s.task} / {s.target} / {s.strategy}"))
+    # Last: a crash before this line leaves state.pt, and the next --resume writes these files again.
+    (run_dir / "state.pt").unlink(missing_ok=True)  # 44 MB with the default model; a finished search needs none
     return summary
 
 
@@ -107,7 +196,17 @@ def plot_svg(records: list[dict], title: str, w=640, h=360, pad=48) -> str:
 
 
 def slug(target: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target)
+    """A folder name for a target; a long one (over 80 characters) is cut and keeps a hash of the whole."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in target)
+    if len(name) > 80:
+        name = name[:64] + "-" + hashlib.sha256(target.encode()).hexdigest()[:12]
+    return name
+
+
+def short(text: str, n: int = 60) -> str:
+    """text for a message or a table cell: one line, at most n characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= n else line[:n - 3] + "..."
 
 
 def write_summary(out: Path, targets: list[str]) -> list[dict]:
@@ -119,8 +218,9 @@ def write_summary(out: Path, targets: list[str]) -> list[dict]:
         rows.append(dict(target=t, best_score=round(b["best_score"], 4) if b else None, solved=b.get("solved"),
                          evaluations=b.get("evaluations"), best=b.get("best")))
     md = ["| target | best score | solved | evaluations | best |", "|---|---|---|---|---|"]
-    md += [f"| {r['target']} | {r['best_score']} | {r['solved']} | {r['evaluations']} | "
-           f"{str(r['best'])[:40].replace('|', '/')} |" for r in rows]
+    cell = lambda text, n: short(text, n).replace("|", "/")  # a multi-line ARC program must stay in its cell
+    md += [f"| {cell(r['target'], 60)} | {r['best_score']} | {r['solved']} | {r['evaluations']} | "
+           f"{cell(r['best'], 40)} |" for r in rows]
     atomic_write(out / "summary.md", "\n".join(md) + "\n")
     with open(out / "summary.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -23,10 +23,10 @@ def model_dir(tmp_path_factory):
     return str(folder)
 
 
-def migrate(*args, cwd=None, torchrun=False):
+def migrate(*args, cwd=None, torchrun=False, env=None):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
         if torchrun else [sys.executable]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(launcher + [str(ROOT / "migrate.py"), "--quiet", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
@@ -44,6 +44,7 @@ def test_a_run_leaves_its_files(model_dir, tmp_path):
                                        for c in m["candidates"]})
     assert (out / "40" / "plot.svg").read_text().startswith("<svg")
     assert (out / "40" / "adapter.safetensors").stat().st_size > 0
+    assert not (out / "40" / "state.pt").exists()  # only needed to continue; best.json marks the end
     assert "| 40 |" in (out / "summary.md").read_text()
 
 
@@ -68,26 +69,71 @@ def test_bad_input_gives_one_line_errors(model_dir, tmp_path):
 def test_resume_checks_settings_and_keeps_what_was_written(model_dir, tmp_path):
     out = tmp_path / "run"
     assert migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "2", "--out", str(out)).returncode == 0
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}  # its pid
+    before = files()
     one_line_error(migrate("--resume", str(out), "--lr", "0.5"), "lr", str(out))
     one_line_error(migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "2", "--out", str(out)),
                    "--resume")
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert files() == before
     r = migrate("--resume", str(out), "--iterations", "3")  # more iterations is another configuration too
     one_line_error(r, "iterations")
-    assert migrate("--resume", str(out)).returncode == 0  # a finished run resumes to itself
-    assert len((out / "40" / "history.jsonl").read_text().splitlines()) == 3
-    # A finished target kept without its (large) state, as bench/results commits it, is not searched again.
-    (out / "40" / "state.pt").unlink()
-    kept = (out / "40" / "history.jsonl").read_bytes()
-    assert migrate("--resume", str(out)).returncode == 0
-    assert (out / "40" / "history.jsonl").read_bytes() == kept and not (out / "40" / "state.pt").exists()
+    assert migrate("--resume", str(out)).returncode == 0  # a finished run resumes to itself, not searched again
+    assert (out / "40" / "history.jsonl").read_bytes() == before[out / "40" / "history.jsonl"]
     assert "| 40 |" in (out / "summary.md").read_text()
     # A folder written before a setting existed (here: patience) still resumes, the setting at its default.
     config = json.loads((out / "config.json").read_text())
     del config["settings"]["patience"]
     (out / "config.json").write_text(json.dumps(config))
     assert migrate("--resume", str(out)).returncode == 0
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(model_dir, tmp_path):
+    out = tmp_path / "run"
+    one_line_error(migrate("--task", EXAMPLE, "--model", model_dir + "-typo", "--out", str(out)), "does not exist")
+    r = migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["settings"]["model"] == model_dir
+    # the same with --resume: the folder of a start that failed takes the corrected flag
+    out2 = tmp_path / "run2"
+    one_line_error(migrate("--task", EXAMPLE, "--model", model_dir + "-typo", "--out", str(out2)), "does not exist")
+    r = migrate("--resume", str(out2), "--model", model_dir, "--iterations", "1")
+    assert r.returncode == 0, r.stderr
+    assert (out2 / "40" / "best.json").exists()
+    # once a search has saved an iteration, the folder is taken
+    one_line_error(migrate("--task", EXAMPLE, "--model", model_dir, "--out", str(out)), "other settings")
+
+
+def test_a_folder_in_use_is_refused_with_the_holders_pid(model_dir, tmp_path):
+    from tests.test_rundir import HOLD
+    out = tmp_path / "run"
+    assert migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "1", "--out", str(out)).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT), out=str(out))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        one_line_error(migrate("--resume", str(out)), f"in use by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert migrate("--resume", str(out)).returncode == 0  # the kernel dropped the killed holder's lock
+
+
+def test_bad_targets_fail_before_the_model_loads(tmp_path):
+    missing = str(tmp_path / "no-model")  # were the model loaded first, the error would name it
+    one_line_error(migrate("--task", EXAMPLE, "--model", missing, "--target", ""), "--target is empty")
+    one_line_error(migrate("--task", EXAMPLE, "--model", missing, "--targets", ",,,"), "names no target")
+    r = migrate("--task", EXAMPLE, "--model", missing, "--target", "7" * 5000 + "x")
+    one_line_error(r, "digitsum target")
+    assert len(r.stderr) < 300
+
+
+def test_an_unwritable_out_or_cache_is_named(model_dir, tmp_path):
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "run"  # under a file: no user can write there, root included
+    one_line_error(migrate("--task", EXAMPLE, "--model", model_dir, "--out", str(bad)), f"cannot write to {bad}")
+    env = {"MIGRATE_CACHE": str(bad)}  # the default model must be fetched into it
+    one_line_error(migrate("--task", EXAMPLE, "--out", str(tmp_path / "o"), env=env),
+                   f"cannot write to the asset cache {bad}", "MIGRATE_CACHE")
 
 
 def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):
