@@ -1,11 +1,19 @@
 """The sandbox returns each call's JSON result, or None when the program misbehaves, and the parent survives.
 
-All hostile programs run in one batch (one fresh process each, two at a time), shared by the tests below, so
-the file stays fast; every program also gets a harmless second input to show which calls still ran.
+The first half pins the process path (the slow twin and the fallback where namespaces are unavailable): all
+hostile programs run in one batch (one fresh process each, two at a time), shared by the tests below, so the
+file stays fast; every program also gets a harmless second input to show which calls still ran. The second half
+checks that the isolated workers give the same results on honest programs, the BARC program shape, and how
+the modes choose and refuse. Attacks on the isolated workers: tests/test_sandbox_attacks.py.
 """
+import os
+import sys
+
 import pytest
 
-from tasks.sandbox import run_programs
+import tasks.sandbox as sandbox
+from tasks.arc import COMMON as ARC_COMMON
+from tasks.sandbox import SandboxUnavailable, isolation, run_programs
 
 INPUTS = [[[1, 2], [3, 4]], [[5]]]
 
@@ -54,7 +62,7 @@ def results(tmp_path_factory):
     secret.write_text("do not read")
     marker = outside / "pwned"
     sources = [src.format(marker=marker, secret=secret, secret_dir=outside) for src in PROGRAMS.values()]
-    out = run_programs(sources, INPUTS, timeout=1.0, memory_mb=512, workers=2)
+    out = run_programs(sources, INPUTS, timeout=1.0, memory_mb=512, workers=2, sandbox="process")
     return dict(zip(PROGRAMS, out)), marker
 
 
@@ -95,3 +103,53 @@ def test_shape_of_answer_and_bad_arguments():
     with pytest.raises(ValueError, match="identifier"):
         run_programs(["x = 1"], INPUTS, entry="not valid")
     assert run_programs(["def main(x):\n    return x + 1"], [1, 2], entry="main") == [[2, 3]]
+    with pytest.raises(ValueError, match="sandbox must be"):
+        run_programs(["x = 1"], INPUTS, sandbox="none")
+
+
+# -- isolated workers against the slow twin; modes ---------------------------------------------------------
+
+namespaces = pytest.mark.skipif(not sys.platform.startswith("linux") or isolation("auto").startswith(
+    "sandbox: WARNING"), reason="Linux namespaces unavailable here: only the process path runs")
+
+HONEST = ["flip", "numpy", "lazy_imports", "prints_megabytes", "huge_result", "junk_nan", "raises_on_second",
+          "loop_on_first", "syntax_error", "no_entry", "sys_exit", "exits", "memory_bomb", "ctypes_segfault"]
+BARC = ("from common import *\nimport numpy as np\ndef main(input_grid):\n"
+        "    return scale_sprite(crop(input_grid, background=Color.BLACK), 2)")
+
+
+@namespaces
+def test_isolated_workers_equal_the_process_path_on_honest_and_failing_programs():
+    sources = [PROGRAMS[name] for name in HONEST] + [BARC]
+    inputs = [[[0, 0, 0], [0, 7, 0]], [[5]]]
+    kw = dict(timeout=1.0, memory_mb=512, workers=2, numpy_entry="main", modules={"common": ARC_COMMON})
+    fast = run_programs(sources, inputs, sandbox="strict", **kw)
+    assert fast == run_programs(sources, inputs, sandbox="process", **kw)
+    assert fast[-1] == [[[7, 7], [7, 7]], [[5, 5], [5, 5]]]  # numpy main with the common helpers
+    assert fast[HONEST.index("memory_bomb")] == [None, None]  # failures agree too, not only successes
+
+
+@namespaces
+def test_isolated_program_sees_no_writable_file_system_and_no_project():
+    src = ("import os\ndef transform(g):\n    try:\n        open('note.txt', 'w')\n        return 'wrote'\n"
+           "    except OSError as e:\n        return [e.errno, os.getcwd(), os.path.exists({here!r})]")
+    [[res]] = run_programs([src.format(here=os.path.abspath(__file__))], [0], sandbox="strict")
+    assert res == [30, "/", False]  # EROFS: nothing is writable; the project's files are not there
+
+
+def test_strict_refuses_and_auto_falls_back_where_namespaces_are_unavailable(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_pool", None)
+    monkeypatch.setattr(sandbox, "_failure", "unshare: unshare failed: Operation not permitted")
+    with pytest.raises(SandboxUnavailable, match="^--sandbox strict: Linux namespaces unavailable"):
+        run_programs(["def transform(g):\n    return g"], [1], sandbox="strict")
+    assert run_programs(["def transform(g):\n    return g"], [1], sandbox="auto") == [[1]]  # the process path
+    line = isolation("auto")
+    assert line.startswith("sandbox: WARNING") and "not a security boundary" in line and "\n" not in line
+
+
+def test_namespaces_work_where_ci_runs():
+    """CI runs as root on Linux: there the isolated workers must start (else the attack suite would be skipped)."""
+    if not (sys.platform.startswith("linux") and os.geteuid() == 0):
+        pytest.skip("only root on Linux is required to have namespaces")
+    line = isolation("strict")
+    assert line.startswith("sandbox: isolated workers") and "\n" not in line
