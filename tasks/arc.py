@@ -241,7 +241,12 @@ class ArcTask(tasks.Task):
             "migrate-opro": tasks.Preset(alpha=11, beta=1, gamma=4, seed_choice="opro", update=True),
             "migrate-evo": tasks.Preset(alpha=11, beta=1, gamma=4, seed_choice="evo", update=True),
         },
-        topk=1, mu=1, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64)
+        topk=1, mu=1, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64,
+        # CPU demo (migrate.py --full for the above): a few iterations of short programs show the pipeline
+        extra={"demo_iterations": 2, "demo_max_new_tokens": 256,
+               "score_meaning": "best score: the best program's mean accuracy on the task's train pairs, 1.0 = all "
+                                "right (solved = every train pair right); pass@2, the paper's measure: one of the "
+                                "two most-voted test outputs of the solving programs is right"})
     target_sets = EmbeddedSets()
     default_target = PAPER54[0]
 

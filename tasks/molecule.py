@@ -349,6 +349,11 @@ class MoleculeTask(tasks.Task):
     defaults = tasks.TaskDefaults(
         presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2)),  # DESIGN.md table
         topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
+        # CPU demo (migrate.py --full for the above): a SMILES answer rarely needs more than 96 tokens
+        extra={"demo_iterations": 10, "demo_max_new_tokens": 96,
+               "score_meaning": "best score: the target's objective in [0, 1] (rediscover:DRUG: Tanimoto similarity "
+                                "to DRUG, 1.0 = DRUG itself; qed: drug-likeness; dock:PROTEIN: 1 - ((Vina + 1 - QED) "
+                                "+ 12) / 10); evaluations = distinct molecules scored"},
     )
     target_sets = {
         "paper": [f"dock:{p}" for p in PAPER_TARGETS],  # needs docking (DOCKING_SETUP)

@@ -193,6 +193,16 @@ def test_a_finished_search_drops_its_state_and_is_not_searched_again(scripted, t
     assert (tmp_path / "history.jsonl").read_bytes() == kept
 
 
+def test_the_end_of_a_run_says_what_the_numbers_mean(tmp_path):
+    from tasks import task_class
+    for name, words in (("wordsearch", "cosine"), ("molecule", "objective"), ("arc", "train pairs")):
+        assert words in task_class(name).defaults.extra["score_meaning"], name
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / "best.json").write_text(json.dumps(dict(report={"pass@2": True, "votes": [[3]]})))
+    text = migrate.explain_scores(tmp_path, ["t1", "t2"], task_class("arc"))  # t2 has not finished
+    assert text.splitlines()[1:] == ["t1: pass@2 True"]
+
+
 def test_summary_keeps_one_row_per_target_whatever_the_best_or_target(tmp_path):
     program = "def transform(grid):\n    return [row[::-1] for row in grid]  # a | pipe"
     long_target = "C" * 5000
