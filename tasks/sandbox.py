@@ -83,7 +83,9 @@ def run_programs(sources: list[str], inputs: list, timeout: float = 1.0, memory_
     n = len(sources)
     if n == 0:
         return []
-    workers = max(1, min(workers or os.cpu_count() or 1, n))
+    cores = os.cpu_count() or 1
+    # isolated workers mostly wait on pipes between programs: twice as many as cores keeps the cores busy
+    workers = max(1, min(workers or (cores if sandbox == "process" else 2 * cores), n))
     pool = isolated_pool(sandbox, workers)
     extra = dict(entry=entry, numpy_entry=numpy_entry, modules=modules or {})
 

@@ -39,11 +39,20 @@ def set_limits(spec: dict) -> None:
             pass
 
 
+COMPILED: dict = {}  # (name, source) -> code; the warm worker fills it before forking, so children only exec
+
+
+def compiled(name: str, text: str):
+    if (name, text) not in COMPILED:
+        COMPILED[(name, text)] = compile(text, f"<{name}>", "exec")
+    return COMPILED[(name, text)]
+
+
 def load_modules(modules: dict) -> None:
     """Helper modules the programs may import (e.g. `common` for BARC programs), made from their source text."""
     for name, text in modules.items():
         module = types.ModuleType(name)
-        exec(compile(text, f"<{name}>", "exec"), module.__dict__)
+        exec(compiled(name, text), module.__dict__)
         sys.modules[name] = module
 
 
@@ -156,6 +165,8 @@ def kill_others() -> None:
 
 def run_isolated(spec: dict) -> bytes:
     """One job in a fresh child; its lines (capped) as one blob, "\\n"-joined."""
+    for name, text in spec["modules"].items():
+        compiled(name, text)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
