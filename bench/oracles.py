@@ -6,7 +6,8 @@ call that pays one-off costs such as loading MiniLM or RDKit's SA fragment table
   - molecule: every RDKit objective (qed, rediscover:celecoxib, mpo, logp-window) on 64 distinct drug-like
     molecules (docking is left out: it needs dockstring and takes seconds to minutes per molecule);
   - arc: 32 small programs (identity, flips, transpose, recolour) on one ARC task, each run in the sandbox on
-    every train input.
+    every train and test input, once by the old path (a fresh process per program) and once by the isolated
+    warm workers (tasks/sandbox.py), with the ratio of their rates.
 Reference: one SmolLM2-135M-Instruct forward of 64 tokens on a batch of 16 (checkpoint.load_model), divided by 16:
 the model time behind one completion is at least this (sampling a completion takes one forward step per new
 token, so this understates it). A ratio line per task says how many such per-completion forwards one candidate's
@@ -92,11 +93,16 @@ def bench_molecule(repeats: int) -> list[tuple[str, str, int, float]]:
 
 
 def bench_arc(repeats: int) -> list[tuple[str, str, int, float]]:
+    """The old path (one fresh process per program) and the isolated warm workers, on the same programs."""
     from tasks.arc import PAPER54, ArcTask
-    task = ArcTask(PAPER54[0])
     progs = programs(BATCH_PROGRAMS)
-    seconds = best_time(lambda: task.score(progs), repeats)
-    return [("arc", f"{PAPER54[0]} ({len(task.train)} train pairs, sandbox)", BATCH_PROGRAMS, seconds)]
+    rows = []
+    for mode, label in (("process", "process per program"), ("strict", "isolated workers")):
+        task = ArcTask(PAPER54[0], sandbox=mode)
+        seconds = best_time(lambda: task.score(progs), repeats)
+        rows.append(("arc", f"{PAPER54[0]} ({len(task.train)} pairs, {label})", BATCH_PROGRAMS, seconds))
+    print(f"arc: isolated workers / process per program = {rows[0][3] / rows[1][3]:.1f}x the rate")
+    return rows
 
 
 def bench_model(repeats: int) -> float | None:
