@@ -397,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile", action="store_true", help="torch.compile the sampler's decode step")
     a("--compile-logprobs", action="store_true", help="torch.compile the fused log-prob chunk")
     a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
+    a("--sandbox", choices=("auto", "strict", "process"), help="ARC: isolate programs by Linux namespaces "
+      "(auto: warn and fall back where unavailable; strict: refuse; process: the old unisolated path) [auto]")
     a("--quiet", action="store_true", help="no progress bar")
     a("--full", action="store_true", help="the paper's iterations and completion length on CPU too [a CPU demo]")
     a("--threads", type=int, help="CPU threads [free cores: cores less the 1-minute load average]")
@@ -428,6 +430,8 @@ def resolve_settings(args, task_cls) -> Settings:
     s.compile_sampler, s.compile_logprobs = args.compile, args.compile_logprobs
     if args.arc_data:
         s.task_options["arc_data"] = args.arc_data
+    if getattr(args, "sandbox", None):
+        s.task_options["sandbox"] = args.sandbox
     check_settings(s)
     return s
 
