@@ -249,3 +249,74 @@ def test_paper_defaults():
     assert (m.alpha, m.beta, m.gamma, m.update) == (11, 1, 4, True)
     assert not d.presets["random"].update and not d.presets["ns"].update and not d.presets["opro"].update
     assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (1, 1, 1e-5, 128, 32, 1024, 64)
+
+
+# -- programs in the shape of the paper's ARC model (barc0/Llama-3.1-ARC-Potpourri-Induction-8B) --------------
+
+BARC_COMPLETION = '''Let me look at the examples.
+```python
+from common import *
+
+import numpy as np
+
+# concepts: copying
+# description: the output is the input, each grid handled as a numpy array
+
+def main(input_grid):
+    output_grid = np.copy(input_grid)
+    for obj in find_connected_components(input_grid, background=Color.BLACK, monochromatic=False):
+        blit_object(output_grid, obj, background=Color.BLACK)
+    return output_grid
+```
+'''
+
+
+def test_barc_shaped_program_parses_runs_on_numpy_and_scores(data_dir):
+    task = ArcTask("identity", arc_data=data_dir)
+    [program] = task.parse(BARC_COMPLETION)
+    assert program.startswith("from common import *") and "def main(input_grid):" in program
+    assert task.score([program]) == [1.0]  # main got numpy arrays and the common helpers
+    # a BARC program that widens the grid with numpy and a helper of ours: WIDEN's rule
+    widen = ArcTask("widen", arc_data=data_dir)
+    tile = "from common import *\nimport numpy as np\ndef main(input_grid):\n    return np.hstack([input_grid] * 2)"
+    assert widen.score([tile]) == [1.0]
+    # transform wins over main when a program defines both: transform keeps its list-of-lists contract
+    both = "def main(input_grid):\n    return input_grid * 0\ndef transform(grid):\n    return grid"
+    assert task.score([both]) == [1.0]
+
+
+def test_barc_program_renders_behind_the_prefix_and_keeps_its_behaviour(data_dir):
+    task = ArcTask("identity", arc_data=data_dir)
+    [program] = task.parse(BARC_COMPLETION)
+    text = task.render(program)
+    assert text.startswith(RESPONSE_PREFIX)
+    [again] = task.parse(text)
+    assert again != program and task.score([again]) == task.score([program]) == [1.0]
+
+
+def llama3_byte_tokenizer():
+    """A byte-level tokenizer with Llama 3's special-token ids and chat format (the real 128k vocabulary is not
+    available offline: ids of ordinary text differ from the real model's, special tokens and layout do not)."""
+    from tokenizer import LLAMA3_PATTERN, PreTokenizer, Tokenizer, bytes_to_unicode
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+    added = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
+             "<|end_header_id|>": 128007, "<|eot_id|>": 128009}
+    return Tokenizer(vocab, [], added, PreTokenizer(LLAMA3_PATTERN), bos_id=128000, eos_ids=(128001, 128009),
+                     chat_format="llama3")
+
+
+def test_prompt_in_the_llama3_chat_template_golden():
+    task = ArcTask("66e6c45b")
+    prompt = task.prompt()
+    tok = llama3_byte_tokenizer()
+    text = tok.chat(prompt.messages, assistant_prefix=prompt.prefix)
+    system, user = (m["content"] for m in prompt.messages)
+    assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + system.strip()
+                    + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n" + user.strip()
+                    + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n```python\ndef transform(grid):")
+    ids = tok.encode(text)
+    assert ids[:2] == [128000, 128006] and ids.count(128006) == 3 and ids.count(128009) == 2
+    assert 128001 not in ids and tok.decode(ids) == text  # special tokens only at turn boundaries; lossless
+    # the test output never reaches the prompt; the model's own answer, parsed after the prefix, runs
+    answer = prompt.prefix + "\n    return grid\n```"
+    assert task.parse(answer) == ["def transform(grid):\n    return grid"]
