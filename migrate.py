@@ -561,8 +561,8 @@ def explain_scores(out: Path, targets: list[str], task_cls) -> str:
 
 
 def cpu_demo(s: Settings, args, d) -> str:
-    """On CPU, unless --full or a length was given: the task's demo settings (fewer iterations, shorter answers)
-    so that a first run ends in minutes. Returns the note that says so, and how to get the paper's settings."""
+    """On CPU, unless --full, --iterations or --budget was given: the task's demo settings (fewer iterations,
+    shorter answers) so that a first run ends in minutes. Returns the note that says so, and how to get the paper's settings."""
     if s.device != "cpu" or args.full or args.iterations is not None or args.budget is not None:
         return ""
     s.iterations = d.extra.get("demo_iterations", s.iterations)
@@ -652,7 +652,7 @@ def run(args) -> int:
             raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
     threads = set_cpu_threads(args.threads) if s.device == "cpu" else ""
     if not args.quiet:
-        print(f"{s.strategy} on {s.task} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
+        print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
               f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}{demo}",
               file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

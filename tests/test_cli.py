@@ -23,12 +23,12 @@ def model_dir(tmp_path_factory):
     return str(folder)
 
 
-def migrate(*args, cwd=None, torchrun=False, env=None):
+def migrate(*args, cwd=None, torchrun=False, env=None, quiet=True):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
         if torchrun else [sys.executable]
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(launcher + [str(ROOT / "migrate.py"), "--quiet", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(launcher + [str(ROOT / "migrate.py"), *["--quiet"] * quiet, *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_a_run_leaves_its_files(model_dir, tmp_path):
@@ -46,6 +46,16 @@ def test_a_run_leaves_its_files(model_dir, tmp_path):
     assert (out / "40" / "adapter.safetensors").stat().st_size > 0
     assert not (out / "40" / "state.pt").exists()  # only needed to continue; best.json marks the end
     assert "| 40 |" in (out / "summary.md").read_text()
+
+
+def test_a_run_says_what_it_will_do_how_long_it_takes_and_what_it_found(model_dir, tmp_path):
+    r = migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "2", "--out", str(tmp_path / "o"),
+                quiet=False)
+    assert r.returncode == 0, r.stderr
+    assert "migrate on digitsum (40): up to 2 iterations of 8 members, 12 new tokens each" in r.stderr
+    assert "1 thread (OMP_NUM_THREADS)" in r.stderr
+    assert "40: iteration 1 took" in r.stderr and "for the 1 left" in r.stderr  # the measured rate
+    assert "| 40 |" in r.stdout and "best score: the task's score in [0, 1]" in r.stdout
 
 
 def one_line_error(r, *words):
@@ -145,3 +155,42 @@ def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):
     assert ranks == {"10": 0, "20": 1, "30": 0}
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 4 and all(",None," not in row and not row.endswith(",") for row in rows[1:])
+
+
+def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
+    import migrate
+    import torch
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))  # one core and most of another are busy
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert "3 threads" in migrate.set_cpu_threads(None) and chosen == [3]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share what is free
+    migrate.set_cpu_threads(None)
+    assert chosen[-1] == 1
+    migrate.set_cpu_threads(5)  # the flag wins
+    assert chosen[-1] == 5
+    with pytest.raises(migrate.UsageError, match="--threads must be positive"):
+        migrate.set_cpu_threads(0)
+
+
+def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
+    import migrate
+    from tasks import task_class
+    cls = task_class("molecule")
+    d = cls.defaults
+
+    def settings(*flags):
+        args = migrate.build_parser().parse_args(["--task", "molecule", *flags])
+        s = migrate.resolve_settings(args, cls)
+        s.device = "cpu"
+        return s, migrate.cpu_demo(s, args, d)
+    s, note = settings()
+    assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], d.extra["demo_max_new_tokens"])
+    assert "--full" in note and s.iterations < d.iterations and s.max_new_tokens < d.max_new_tokens
+    s, note = settings("--full")
+    assert (s.iterations, s.max_new_tokens, note) == (d.iterations, d.max_new_tokens, "")
+    s, _ = settings("--iterations", "7")  # a count the user chose is kept, and with it the paper's length
+    assert (s.iterations, s.max_new_tokens) == (7, d.max_new_tokens)
