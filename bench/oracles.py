@@ -4,7 +4,10 @@ Rows (each timed as a whole `task.score(batch)` call on a cold score cache, best
 call that pays one-off costs such as loading MiniLM or RDKit's SA fragment table):
   - wordsearch: 64 vocabulary words against the target "computer" (MiniLM embedding + cosine);
   - molecule: every RDKit objective (qed, rediscover:celecoxib, mpo, logp-window) on 64 distinct drug-like
-    molecules (docking is left out: it needs dockstring and takes seconds to minutes per molecule);
+    molecules;
+  - docking (only with --docking: minutes, and it needs dockstring and Open Babel): the task's seven named drugs
+    docked against DRD2 by one worker with one Vina thread at the loop's 90 s timeout, timed once after one small
+    docking that starts the worker pool; a line under the table gives molecules per second per core;
   - arc: 32 small programs (identity, flips, transpose, recolour) on one ARC task, each run in the sandbox on
     every train and test input, once by the old path (a fresh process per program) and once by the isolated
     warm workers (tasks/sandbox.py), with the ratio of their rates.
@@ -16,7 +19,7 @@ scoring costs; well below 1 means the oracle is not the bottleneck.
     python bench/oracles.py                  # CPU
     python bench/oracles.py --repeats 5 --threads 4
 
-Left out: docking, memory use, GPU timings of the oracles (they run on the CPU in the loop).
+Left out: memory use, GPU timings of the oracles (they run on the CPU in the loop).
 """
 import argparse
 import random
@@ -92,6 +95,22 @@ def bench_molecule(repeats: int) -> list[tuple[str, str, int, float]]:
     return rows
 
 
+def bench_docking(repeats: int) -> list[tuple[str, str, int, float]]:
+    """Real docking is too slow to repeat: one timed batch, so `repeats` is not used."""
+    from tasks.molecule import DRUGS, MoleculeTask, canonical_smiles
+    task = MoleculeTask("dock:DRD2", workers=1, cpus_per_job=1)
+    drugs = [canonical_smiles(s) for s in DRUGS.values()]
+    try:
+        task.oracle.vina(["CCO"])  # starts the worker and pays its imports
+        start = time.perf_counter()
+        vina = task.oracle.vina(drugs)
+        seconds = time.perf_counter() - start
+    finally:
+        task.close()
+    docked = sum(v is not None for v in vina)  # None: failed or past the 90 s timeout
+    return [("docking", f"dock:DRD2, 1 core ({docked}/{len(drugs)} docked)", len(drugs), seconds)]
+
+
 def bench_arc(repeats: int) -> list[tuple[str, str, int, float]]:
     """The old path (one fresh process per program) and the isolated warm workers, on the same programs."""
     from tasks.arc import PAPER54, ArcTask
@@ -126,13 +145,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row; the best is kept")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (MiniLM and the reference model)")
+    ap.add_argument("--docking", action="store_true", help="also time real docking (minutes; needs dockstring)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["wordsearch", "molecule", "arc", "model"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     rows = []
-    for name, bench in [("wordsearch", bench_wordsearch), ("molecule", bench_molecule), ("arc", bench_arc)]:
-        if name in args.skip:
+    for name, bench in [("wordsearch", bench_wordsearch), ("molecule", bench_molecule), ("arc", bench_arc),
+                        ("docking", bench_docking)]:
+        if name in args.skip or (name == "docking" and not args.docking):
             continue
         try:
             rows += bench(args.repeats)
@@ -143,6 +164,8 @@ def main(argv=None):
     print(f"\n{'task':<11} {'objective':<42} {'batch':>5} {'seconds':>8} {'cand/s':>9} {'ms/cand':>8}")
     for task, objective, n, seconds in rows:
         print(f"{task:<11} {objective:<42} {n:>5} {seconds:>8.4f} {n / seconds:>9.1f} {1000 * seconds / n:>8.3f}")
+    for _, objective, n, seconds in (r for r in rows if r[0] == "docking"):  # too slow for the cand/s column
+        print(f"docking: {n / seconds:.4f} molecules per second per core, {seconds / n:.1f} s each ({objective})")
     if per_completion is None:
         return
     print(f"{'reference':<11} {'SmolLM2-135M forward, 64 tokens, batch 16':<42} {REF_BATCH:>5} "
