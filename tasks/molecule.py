@@ -5,9 +5,9 @@ chosen by --target:
 
 - `dock:<PROTEIN>`: the paper's docking score, 1 - ((vina + (1 - QED)) + 12) / 10 clipped to [0, 1], with the
   Vina score from dockstring (AutoDock Vina against one of its 58 prepared protein targets) at dockstring's default
-  seed, so a molecule's score is deterministic; run in a pool of worker processes with the paper's 90 s timeout per
-  docking. Needs dockstring and Open Babel (DOCKING_SETUP). `--targets paper` is the released scripts' 58 proteins,
-  `dock-small` five of them for shorter runs.
+  seed, so a molecule's score repeats exactly (tests/golden/docking.json); run in a pool of worker processes with
+  the paper's 90 s timeout per docking. Needs dockstring and Open Babel (DOCKING_SETUP). `--targets paper` is the
+  released scripts' 58 proteins, `dock-small` five of them for shorter runs.
 - `qed`, `rediscover:<drug>`, `mpo`, `logp-window`: RDKit-only objectives that take milliseconds per molecule, for
   CPU demos and tests.
 
@@ -347,7 +347,8 @@ class MoleculeTask(tasks.Task):
     name = "molecule"
     stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
-        presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2)),  # DESIGN.md table
+        # scripts/dockstring/*.sh; the OPRO lists (5) from dockstring_inference.py's opro_5k and the MiGrATe-OPRO script
+        presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2), opro_topk=5, migrate_opro_topk=5),
         topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
         # CPU demo (migrate.py --full for the above): a SMILES answer rarely needs more than 96 tokens
         extra={"demo_iterations": 10, "demo_max_new_tokens": 96,
@@ -391,6 +392,7 @@ class MoleculeTask(tasks.Task):
     # Measured with bench/prompt_parse.py --task molecule (SmolLM2-135M, temperature 1): with procaine and indole
     # as examples in the instructions, 6-20% of answers held a new valid molecule; with small acyclic examples as
     # earlier answers, the on-policy and neighbourhood prompts reach 36-42%, with 2-11% of answers only copies.
+    # Those figures are for n = 5 prompts; the n = 1 wording (the default) has not been measured yet.
     def _system(self) -> dict:
         return {"role": "system", "content": "You are an expert medicinal chemist. You answer with JSON only."}
 
