@@ -330,9 +330,7 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         t0 = time.time()
         record = run_iteration(state, policy, task)
         if record["iteration"] == first and not quiet:  # a measured rate: later iterations cost about the same
-            left = s.iterations - record["iteration"]
-            bar.write(f"{s.target[:40]}: iteration {record['iteration']} took {time.time() - t0:.0f} s; at most "
-                      f"about {(time.time() - t0) * left / 60:.0f} min for the {left} left (less if solved early)",
+            bar.write(rate_note(s.target, record["iteration"], time.time() - t0, s.iterations - record["iteration"]),
                       file=sys.stderr)
         state.iteration = record["iteration"]
         solved = record["best_score"] >= task.solved_score
@@ -347,6 +345,14 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
                             f"{str(record['best'])[:24]!r} mean {record['mean_reward']:.3f}")
     bar.close()
     return write_results(run_dir, s, state, policy, task)
+
+
+def rate_note(target: str, iteration: int, seconds: float, left: int) -> str:
+    """How long the rest of a search should take at the rate of the iteration just timed."""
+    rest = seconds * left
+    when = f"{rest:.0f} s" if rest < 90 else f"{rest / 60:.0f} min" if rest < 5400 else f"{rest / 3600:.1f} h"
+    return (f"{short(target, 40)}: iteration {iteration} took {seconds:.0f} s; at that rate the {left} left take "
+            f"about {when} (less if it is solved or stalls first)")
 
 
 # ----------------------------------------------------------------------------------------------------------
