@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,26 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(model_dir, tmp_path):
         holder.kill()
         holder.wait()
     assert migrate("--resume", str(out)).returncode == 0  # the kernel dropped the killed holder's lock
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_unbroken_history(model_dir, tmp_path):
+    flags = ["--task", EXAMPLE, "--model", model_dir, "--iterations", "40", "--patience", "40", "--no-early-stop"]
+    assert migrate(*flags, "--out", str(tmp_path / "whole")).returncode == 0
+    out = tmp_path / "killed"
+    log = out / "40" / "history.jsonl"
+    run = subprocess.Popen([sys.executable, str(ROOT / "migrate.py"), "--quiet", *flags, "--out", str(out)],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 4):
+        time.sleep(0.05)
+    run.kill()  # SIGKILL: no handler runs, the lock is left to the kernel
+    run.wait()
+    assert not (out / "40" / "best.json").exists()  # it really was stopped mid-search
+    r = migrate("--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if not k.startswith("time_")}
+                       for l in p.read_text().splitlines()]
+    assert strip(log) == strip(tmp_path / "whole" / "40" / "history.jsonl")
 
 
 def test_bad_targets_fail_before_the_model_loads(tmp_path):
