@@ -498,7 +498,7 @@ def load_task_class(name: str):
 
 def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
     """Lock the run folder, then write config.json for a new run, or check it for --resume. Only a folder whose
-    search has saved an iteration is taken: one left by a start that failed (bad --model, failed download) is
+    search has saved its state is taken: one left by a start that failed (bad --model, failed download) is
     simply reused by the next command, which may then change any setting."""
     config = dict(settings=dataclasses.asdict(s), targets=targets)
     out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")

@@ -31,7 +31,7 @@ class RunState:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Claiming a folder: one process at a time, and only a search that has begun makes the folder taken.
+# Claiming a folder: one process at a time, and only a search that has saved its state makes the folder taken.
 
 _held = {}  # folder -> its open .lock file, kept open (and so locked) for the life of this process
 
@@ -62,8 +62,8 @@ def lock_folder(out: Path) -> None:
 
 
 def started(out: Path, targets: list[str]) -> bool:
-    """Whether a search in out has saved an iteration: before that, the folder holds nothing worth keeping
-    (a start that failed on a bad --model or a download) and a new command may take it over."""
+    """Whether a search in out has saved its state (scored warm start or later): before that, the folder holds
+    nothing worth keeping (a start that failed on a bad --model or a download) and a new command may take it."""
     return any((out / slug(t) / name).exists() for t in targets for name in ("state.pt", "best.json"))
 
 
