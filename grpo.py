@@ -4,7 +4,8 @@ What is here:
 1. `group_advantages`: reward minus the group mean, no division by the std (as in the paper).
 2. `grpo_loss`: the token-level clipped surrogate with asymmetric clipping (DAPO's "clip-higher"), members with
    reward 0 masked out of the loss (they still count in the group mean that made the advantages), a mean over a
-   sequence's tokens and then over the kept sequences, and an optional k3 KL penalty to the base model.
+   sequence's tokens and then over all G sequences of the group (TRL's "grpo" loss, as in the paper's code:
+   masked members add 0 but count in G), and an optional k3 KL penalty to the base model.
 3. `token_logprobs`: log p(target) from final hidden states and the output matrix, chunk of rows by chunk, so
    that neither forward nor backward holds a float32 (tokens, vocab) tensor; `naive_token_logprobs` is its slow
    twin (full logits, `log_softmax`, `gather`) that the tests hold it equal to.
@@ -28,7 +29,7 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, eps_high=0.28,
-              ref_logp=None, beta_kl=0.0):
+              ref_logp=None, beta_kl=0.0, group_size=None):
     """Clipped GRPO loss (a scalar to minimise) and detached scalar statistics.
 
     logp, old_logp (B, T): log-probs of the sampled tokens under the current policy (with grad) and under the
@@ -41,9 +42,10 @@ def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, e
         s_it   = min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
         kl_it  = exp(ref_it - logp_it) - (ref_it - logp_it) - 1            (k3 estimator, >= 0)
         l_i    = sum_t mask_it * (-s_it + beta_kl * kl_it) / sum_t mask_it
-        loss   = sum_i keep_i * l_i / sum_i keep_i
-    Gradient wrt logp_it is -r_it A_i / (n_i K) where the unclipped branch is the minimum, 0 where the clip is
-    active (r > 1 + eps_high with A > 0, or r < 1 - eps_low with A < 0).
+        loss   = sum_i keep_i * l_i / G                                    (G = all members, kept or not)
+    Gradient wrt logp_it is -r_it A_i / (n_i G) where the unclipped branch is the minimum, 0 where the clip is
+    active (r > 1 + eps_high with A > 0, or r < 1 - eps_low with A < 0). `group_size` overrides G when the
+    rows given are one micro-batch of a larger group, so that micro-batch losses add up to the group's loss.
     """
     if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
         raise ValueError(f"logp, old_logp and mask must share one (B, T) shape, got {tuple(logp.shape)}, "
@@ -64,9 +66,11 @@ def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, e
         if beta_kl:
             per_token = per_token + beta_kl * kl
 
-    def seq_then_batch_mean(x):  # mean over a sequence's tokens, then over the kept sequences
+    G = group_size or logp.shape[0]
+
+    def seq_then_batch_mean(x):  # mean over a sequence's tokens, then over all G sequences (masked ones add 0)
         per_seq = (x * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B,)
-        return (per_seq * keep).sum() / keep.sum().clamp(min=1.0)
+        return (per_seq * keep).sum() / G
 
     loss = seq_then_batch_mean(per_token)
     with torch.no_grad():

@@ -3,8 +3,9 @@
 - History: each distinct candidate is scored once (a repeat costs no evaluation and is logged as a repeat);
   keeps the best-first ranking that greedy members and NS seeds are drawn from; counts evaluations against the
   budget, which is how strategies are compared fairly.
-- Islands: the island-model database of the MiGrATe-Evo variant: several sub-populations that evolve apart,
-  an elite archive of the best overall, and periodic migration of each island's best to its neighbour.
+- Islands: the island-model database of the MiGrATe-Evo variant, with the settings of the paper's released
+  EvolutionDatabase: sub-populations that evolve apart, an elite archive of the best overall, seeds drawn from
+  one island per iteration (explore or exploit), and a ring migration of each island's best every 40 iterations.
 
 Both are saved with a run's state as plain data (dicts, lists, numbers, strings: history_data, islands_data),
 which torch.load(weights_only=True) reads back without running any code from the file.
@@ -67,47 +68,68 @@ class History:
 
 @dataclass
 class Islands:
-    """MiGrATe-Evo's seed database. Seeds are drawn from one island at a time (round-robin); a child joins the
-    island of its seed, on-policy finds join a random island; every `migrate_every` iterations each island's best
-    is copied to the next island in a ring. Island size is capped, worst dropped; the elite archive keeps the
-    best `archive_size` overall and is where greedy members come from."""
+    """MiGrATe-Evo's seed database (the released code's settings as defaults).
+
+    One island is current at a time: it gives the iteration's seed, receives every candidate the iteration scored
+    (score 0 and duplicates left out), then the turn passes to the next island (`next_island`, after every
+    update). A seed is drawn with probability explore_p from the island's top explore_topk that are not elites
+    (explore), else from the elites that live on the island, or its top exploit_topk when it holds none
+    (exploit). Elites: the archive_size best candidates seen. Every migrate_every iterations each island sends
+    its best migration_rate (at least one) to both ring neighbours."""
     n_islands: int = 4
-    island_size: int = 20
-    archive_size: int = 10
-    migrate_every: int = 5
-    islands: list[dict[str, float]] = field(default_factory=list)
+    migrate_every: int = 40
+    archive_size: int = 5
+    migration_rate: float = 0.05
+    explore_p: float = 0.2
+    explore_topk: int = 3
+    exploit_topk: int = 3
+    islands: list[dict[str, float]] = field(default_factory=list)  # candidate -> score, per island
     archive: dict[str, float] = field(default_factory=dict)
-    turn: int = 0
+    current: int = 0
 
     def __post_init__(self):
         if not self.islands:
             self.islands = [{} for _ in range(self.n_islands)]
 
-    def add(self, candidate: str, score: float, island: int) -> None:
-        pool = self.islands[island]
+    def add(self, candidate: str, score: float, island: int | None = None) -> None:
+        pool = self.islands[self.current if island is None else island]
+        if score <= 0 or candidate in pool:
+            return
         pool[candidate] = score
-        if len(pool) > self.island_size:
-            del pool[min(pool, key=pool.get)]
-        self.archive[candidate] = score
-        if len(self.archive) > self.archive_size:
-            del self.archive[min(self.archive, key=self.archive.get)]
+        if candidate in self.archive:
+            return
+        if len(self.archive) < self.archive_size:
+            self.archive[candidate] = score
+            return
+        worst = min(self.archive, key=self.archive.get)
+        if score > self.archive[worst]:
+            del self.archive[worst]
+            self.archive[candidate] = score
 
-    def pick_seed(self, rng: random.Random, topk: int) -> tuple[str, int] | None:
-        """A random member of the current island's top-k, and the island index (None while all are empty)."""
-        for _ in range(self.n_islands):
-            island = self.turn % self.n_islands
-            self.turn += 1
-            pool = self.islands[island]
-            if pool:
-                best = sorted(pool, key=lambda c: -pool[c])[:topk]
-                return rng.choice(best), island
-        return None
+    def next_island(self) -> None:
+        self.current = (self.current + 1) % self.n_islands
+
+    def pick_seed(self, rng: random.Random) -> str | None:
+        """One seed from the current island, or None while it is empty."""
+        pool = self.islands[self.current]
+        if not pool:
+            return None
+        ranked = sorted(pool, key=lambda c: -pool[c])  # best first; ties keep insertion order
+        if rng.random() < self.explore_p:
+            plain = [c for c in ranked if c not in self.archive] or ranked
+            return rng.choice(plain[:self.explore_topk])
+        elites = [c for c in ranked if c in self.archive]
+        return rng.choice(elites or ranked[:self.exploit_topk])
 
     def migrate(self) -> None:
-        bests = [max(p, key=p.get) if p else None for p in self.islands]
-        for i, cand in enumerate(bests):
-            if cand is not None:
-                self.add(cand, self.islands[i][cand], (i + 1) % self.n_islands)  # add() keeps the size cap
+        movers = []
+        for pool in self.islands:
+            ranked = sorted(pool, key=lambda c: -pool[c])
+            movers.append(ranked[:max(1, int(len(ranked) * self.migration_rate))])
+        for i, group in enumerate(movers):
+            for c in group:
+                for j in ((i + 1) % self.n_islands, (i - 1) % self.n_islands):
+                    self.islands[j].setdefault(c, self.islands[i][c])
 
 
 # ----------------------------------------------------------------------------------------------------------

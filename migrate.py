@@ -21,6 +21,7 @@ Simplifications we made on purpose, and why:
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -69,10 +70,14 @@ class Settings:
     eps_low: float = 0.2
     eps_high: float = 0.28
     beta_kl: float = 0.0
-    # MiGrATe-Evo's island database
+    pack: bool = False  # alpha and gamma count candidates, pooled and packed into answers (the paper's word search)
+    # optimiser: the Hugging Face Trainer defaults of the paper's runs
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    lr_schedule: str = "linear"  # "linear" (to 0 over the planned iterations) or "constant"
+    # MiGrATe-Evo's island database (the released EvolutionDatabase's settings)
     islands: int = 4
-    island_size: int = 20
-    migrate_every: int = 5
+    migrate_every: int = 40
     # engine
     device: str = "cpu"
     dtype: str = "float32"
@@ -106,7 +111,7 @@ class Policy:
         from model import load_lora_state_dict
         if self.s.update:
             load_lora_state_dict(self.model, self.initial_adapter)
-            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr)
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr, weight_decay=self.s.weight_decay)
 
     def prompt_ids(self, prompt) -> list[int]:
         text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix)
@@ -127,9 +132,10 @@ def end_of_turn_id(tokenizer) -> int:
 
 @dataclass
 class Member:
-    origin: str  # "online", "greedy" or "neighbourhood"
+    origin: str  # "online", "greedy", "neighbourhood", or "packed" (an answer packed from pooled candidates)
     prompt_kind: str  # which prompt produced it: "policy", "ns", "opro" or "greedy"
     seed: str | None = None  # the past solution an NS prompt was built from
+    ask: int | None = None  # candidates its prompt asked for (packing); None: what task.parse keeps
     text: str = ""  # the completion, response prefix included
     tokens: list[int] = field(default_factory=list)  # completion ids, trained after the on-policy prompt
     candidates: list[dict] = field(default_factory=list)  # {"candidate", "score", "status"}
@@ -138,30 +144,54 @@ class Member:
 
 def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, object]]:
     """The mixed group of MiGrATe: (member, prompt) pairs for alpha on-policy and gamma neighbourhood members,
-    then beta greedy members whose completion is the best past solution (prompt None: nothing to sample)."""
-    plan = [(Member("online", "policy"), task.prompt()) for _ in range(s.alpha)]
-    for _ in range(s.gamma):
-        plan.append(neighbourhood_member(s, task, history, islands, rng))
-    best = history.best()
-    if best is not None:
-        plan += [(Member("greedy", "greedy", text=task.render(best.candidate)), None) for _ in range(s.beta)]
+    then beta greedy members whose completion is the iteration's seed (prompt None: nothing to sample).
+
+    As in the paper's code, one seed serves the whole iteration: the NS prompts are built from it and it is the
+    greedy member. With packing (word search), alpha and gamma count candidates: one on-policy call asks for
+    alpha of them and one neighbourhood call for gamma."""
+    seed = choose_seed(s, history, islands, rng) if s.gamma or s.beta else None
+    if s.pack:
+        plan = [(Member("online", "policy", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
+        if s.gamma:
+            kind, prompt = neighbourhood_prompt(s, task, history, seed, n=s.gamma)
+            plan.append((Member("neighbourhood", kind, seed, ask=s.gamma), prompt))
+    else:
+        plan = [(Member("online", "policy"), task.prompt()) for _ in range(s.alpha)]
+        if s.gamma:
+            kind, prompt = neighbourhood_prompt(s, task, history, seed)
+            plan += [(Member("neighbourhood", kind, seed), prompt) for _ in range(s.gamma)]
+    if seed is not None:
+        plan += [(Member("greedy", "greedy", seed, text=task.render(seed)), None) for _ in range(s.beta)]
     return plan
 
 
-def neighbourhood_member(s: Settings, task, history, islands, rng):
-    """One NS member's prompt: a variation of a seed picked among the top-k (MiGrATe), of an island's top-k
-    (Evo), or a better answer than the top-k listed worst to best (OPRO). On-policy while history is empty."""
+def choose_seed(s: Settings, history, islands, rng) -> str | None:
+    """The iteration's seed: random among the top-k (MiGrATe, GRPO-Greedy), drawn from the current island (Evo),
+    or the best (OPRO, whose prompt lists the whole top-k). None while there is nothing to build on."""
     top = history.top(s.topk)
     if not top:
-        return Member("neighbourhood", "policy"), task.prompt()
-    if s.seed_choice == "opro":
-        ranked = [(e.candidate, e.score) for e in reversed(top)]
-        return Member("neighbourhood", "opro"), task.opro_prompt(ranked)
+        return None
     if s.seed_choice == "evo":
-        seed, _ = islands.pick_seed(rng, s.topk)
-    else:
-        seed = rng.choice(top).candidate
-    return Member("neighbourhood", "ns", seed=seed), task.neighbourhood_prompt(seed)
+        return islands.pick_seed(rng)
+    if s.seed_choice == "opro":
+        return top[0].candidate  # the released code inserted the k-th best here, a defect we do not copy
+    return rng.choice(top).candidate
+
+
+def neighbourhood_prompt(s: Settings, task, history, seed, n=None):
+    """(prompt kind, prompt) of the neighbourhood members: a variation of the seed, or (OPRO) a better answer than
+    the top-k listed worst to best. The on-policy prompt while there is no seed."""
+    if seed is None:
+        return "policy", _ask(task.prompt, n=n)
+    if s.seed_choice == "opro":
+        ranked = [(e.candidate, e.score) for e in reversed(history.top(s.topk))]
+        return "opro", _ask(task.opro_prompt, ranked, n=n)
+    return "ns", _ask(task.neighbourhood_prompt, seed, n=n)
+
+
+def _ask(prompt_method, *args, n=None):
+    """Only packing asks a task for a number of candidates; tasks without packing keep their simple signature."""
+    return prompt_method(*args) if n is None else prompt_method(*args, n=n)
 
 
 def sample_members(policy: Policy, task, plan, generator) -> None:
@@ -194,12 +224,56 @@ def training_tokens(policy: Policy, task, m: Member) -> list[int]:
 def score_members(task, history, plan, iteration: int) -> None:
     for m, _ in plan:
         cands = task.parse(m.text)
+        if m.ask is not None:
+            cands = cands[:m.ask]
         m.candidates = history.score(task, cands, iteration, m.origin)
         m.reward = max((c["score"] for c in m.candidates), default=0.0)
 
 
-def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
-    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter; returns loss and clip statistics."""
+def pack_group(s: Settings, task, members: list[Member], rng) -> list[Member]:
+    """The paper's word-search group: the candidates the sampled members found, padded with random repeats to
+    alpha + gamma (as the released code pads a short answer), plus the beta greedy ones, cut or padded at random
+    to the group size, sorted best first and packed into answers of task.answer_size, each rewarded with its
+    best candidate. Returns the packed answers, trained as answers to the on-policy prompt."""
+    def found(greedy):
+        return [(c["candidate"], c["score"]) for m in members if (m.origin == "greedy") == greedy
+                for c in m.candidates if c["status"] != "over_budget"]
+    sampled, size, k = found(False), s.group_size, task.answer_size
+    if sampled:
+        sampled += [rng.choice(sampled) for _ in range(s.alpha + s.gamma - len(sampled))]
+    pool = sampled + found(True)
+    if not pool:
+        return []
+    pool = rng.sample(pool, size) if len(pool) > size else pool + rng.choices(pool, k=size - len(pool))
+    pool.sort(key=lambda p: -p[1])
+    packed = []
+    for i in range(0, size - size % k, k):
+        answer = pool[i:i + k]
+        rng.shuffle(answer)
+        packed.append(Member("packed", "policy", text=task.render_answer([c for c, _ in answer]),
+                             candidates=[dict(candidate=c, score=v, status="repeat") for c, v in answer],
+                             reward=max(v for _, v in answer)))
+    return packed
+
+
+def learning_rate(s: Settings, iteration: int, step: int) -> float:
+    """The Hugging Face Trainer's default schedule, which the paper's runs used: linear from lr to 0 over the
+    planned optimiser steps (planned iterations x mu), no warm-up; or constant."""
+    if s.lr_schedule == "constant":
+        return s.lr
+    planned = planned_iterations(s) * s.mu
+    return s.lr * max(0.0, 1.0 - ((iteration - 1) * s.mu + step) / planned)
+
+
+def planned_iterations(s: Settings) -> int:
+    """The iterations a run plans for: the cap, or the budget in groups when the budget ends it first (the
+    paper's 100 word-search iterations of 10 words = its budget of 1,000)."""
+    return max(1, min(s.iterations, math.ceil(s.budget / s.group_size)))
+
+
+def grpo_update(policy: Policy, task, members: list[Member], iteration: int) -> dict:
+    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter (learning_rate's schedule, gradient norm
+    clipped at max_grad_norm); returns loss and clip statistics."""
     import torch
     from grpo import completion_logprobs, group_advantages, grpo_loss
     from model import lora_disabled
@@ -229,9 +303,14 @@ def grpo_update(policy: Policy, task, members: list[Member]) -> dict:
                                 eps_low=s.eps_low, eps_high=s.eps_high, ref_logp=ref, beta_kl=s.beta_kl)
         policy.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, s.max_grad_norm or float("inf"))
+        lr = learning_rate(s, iteration, step)
+        for group in policy.optimizer.param_groups:
+            group["lr"] = lr
         policy.optimizer.step()
     model.eval()
-    return dict(loss=float(loss.detach()), **{k: float(v) for k, v in stats.items()})
+    return dict(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm),
+                **{k: float(v) for k, v in stats.items()})
 
 
 def pad_completions(completions: list[list[int]], device):
@@ -256,29 +335,34 @@ def run_iteration(state, policy: Policy, task) -> dict:
     score_members(task, state.history, plan, it)
     t2 = time.time()
     members = [m for m, _ in plan]
+    group = pack_group(s, task, members, state.rng) if s.pack else members
+    update = grpo_update(policy, task, group, it) if s.update and group else {}
     if s.seed_choice == "evo":
-        add_to_islands(state, members, it)
-    update = grpo_update(policy, task, members) if s.update and members else {}
+        add_to_islands(state.islands, members, it)
     t3 = time.time()
     best = state.history.best()
-    return dict(iteration=it, evaluations=state.history.evaluations,
-                best_score=best.score if best else 0.0, best=best.candidate if best else None,
-                mean_reward=sum(m.reward for m in members) / max(len(members), 1),
-                members=[dict(origin=m.origin, prompt=m.prompt_kind, seed=m.seed, reward=m.reward,
-                              candidates=m.candidates, text=m.text) for m in members],
-                **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+    record = dict(iteration=it, evaluations=state.history.evaluations,
+                  best_score=best.score if best else 0.0, best=best.candidate if best else None,
+                  mean_reward=sum(m.reward for m in group) / max(len(group), 1),
+                  members=[dict(origin=m.origin, prompt=m.prompt_kind, seed=m.seed, reward=m.reward,
+                                candidates=m.candidates, text=m.text) for m in members],
+                  **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+    if s.pack:
+        record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
+    return record
 
 
-def add_to_islands(state, members: list[Member], iteration: int) -> None:
-    """Children join their seed's island; other finds join a random island; migrate every few iterations."""
-    isl = state.islands
+def add_to_islands(islands, members: list[Member], iteration: int) -> None:
+    """Evo, as the released code: what the iteration sampled joins the current island, the turn passes to the
+    next island, and every migrate_every iterations the islands' best migrate."""
     for m in members:
-        home = next((i for i, pool in enumerate(isl.islands) if m.seed in pool), None)
-        for c in m.candidates:
-            if c["status"] != "over_budget":
-                isl.add(c["candidate"], c["score"], home if home is not None else state.rng.randrange(isl.n_islands))
-    if iteration % isl.migrate_every == 0:
-        isl.migrate()
+        if m.origin != "greedy":
+            for c in m.candidates:
+                if c["status"] != "over_budget":
+                    islands.add(c["candidate"], c["score"])
+    islands.next_island()
+    if iteration % islands.migrate_every == 0:
+        islands.migrate()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,12 +372,13 @@ def new_state(s: Settings, task) -> RunState:
     import torch
     from history import History, Islands
     rng = random.Random(s.seed)
-    state = RunState(History(s.budget), Islands(s.islands, s.island_size, migrate_every=s.migrate_every), rng,
+    state = RunState(History(s.budget), Islands(s.islands, migrate_every=s.migrate_every), rng,
                      torch.Generator(device=s.device).manual_seed(s.seed))
     warm = task.warm_start(rng)
     for r in state.history.score(task, warm, 0, "warm"):
         if s.seed_choice == "evo" and r["status"] == "new":
-            state.islands.add(r["candidate"], r["score"], rng.randrange(s.islands))
+            state.islands.add(r["candidate"], r["score"])  # dealt round the islands, one each
+            state.islands.next_island()
     return state
 
 
@@ -383,11 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--iterations", type=int, help="iterations per target [task default]")
     a("--patience", type=int, help="stop a search after this many iterations in a row that score nothing new [10]")
     a("--alpha", type=int, help="on-policy members per group [strategy preset]")
-    a("--beta", type=int, help="greedy members per group (best past solution) [strategy preset]")
+    a("--beta", type=int, help="greedy members per group (the iteration's seed) [strategy preset]")
     a("--gamma", type=int, help="neighbourhood members per group [strategy preset]")
-    a("--topk", type=int, help="NS seeds are drawn among the top-k past solutions [task default]")
+    a("--topk", type=int, help="NS seeds are drawn among the top-k past solutions; OPRO lists them [preset]")
+    a("--pack", action=argparse.BooleanOptionalAction, help="alpha and gamma count candidates, pooled and packed "
+      "into answers as in the paper's word search [task default]")
     a("--mu", type=int, help="optimiser steps per group [task default]")
     a("--lr", type=float, help="AdamW learning rate of the LoRA adapter [task default]")
+    a("--lr-schedule", choices=("linear", "constant"), help="linear: to 0 over the planned iterations [linear]")
+    a("--weight-decay", type=float, help="AdamW weight decay [0]")
+    a("--max-grad-norm", type=float, help="clip the adapter's gradient norm to this, 0 = off [1.0]")
     a("--lora-r", type=int, help="LoRA rank [task default]")
     a("--lora-alpha", type=int, help="LoRA alpha (scale alpha/r) [task default]")
     a("--lora-dropout", type=float, help="LoRA dropout [0]")
@@ -396,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--temperature", type=float, help="sampling temperature [1.0]")
     a("--top-p", type=float, help="nucleus sampling threshold [1.0]")
     a("--islands", type=int, help="MiGrATe-Evo: number of islands [4]")
-    a("--migrate-every", type=int, help="MiGrATe-Evo: iterations between migrations [5]")
+    a("--migrate-every", type=int, help="MiGrATe-Evo: iterations between migrations [40]")
     a("--no-early-stop", action="store_true", help="keep searching after the problem is solved")
     a("--device", help="cpu or cuda [cuda if available]")
     a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
@@ -412,9 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # flags that are settings (the rest choose what to run and where)
-SETTING_FLAGS = ("seed", "budget", "iterations", "patience", "alpha", "beta", "gamma", "topk", "mu", "lr",
-                 "lora_r", "lora_alpha", "lora_dropout", "beta_kl", "max_new_tokens", "temperature", "top_p",
-                 "islands", "migrate_every")
+SETTING_FLAGS = ("seed", "budget", "iterations", "patience", "alpha", "beta", "gamma", "topk", "pack", "mu", "lr",
+                 "lr_schedule", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "beta_kl",
+                 "max_new_tokens", "temperature", "top_p", "islands", "migrate_every")
 
 
 def resolve_settings(args, task_cls) -> Settings:
@@ -425,8 +515,9 @@ def resolve_settings(args, task_cls) -> Settings:
     preset = d.presets[args.strategy]
     s = Settings(task=args.task, target="", strategy=args.strategy, model=args.model,
                  alpha=preset.alpha, beta=preset.beta, gamma=preset.gamma, seed_choice=preset.seed_choice,
-                 update=preset.update, topk=d.topk, mu=d.mu, lr=d.lr, lora_r=d.lora_r, lora_alpha=d.lora_alpha,
-                 max_new_tokens=d.max_new_tokens, temperature=d.temperature, iterations=d.iterations)
+                 update=preset.update, topk=preset.topk or d.topk, mu=preset.mu or d.mu, lr=d.lr,
+                 lora_r=d.lora_r, lora_alpha=d.lora_alpha, max_new_tokens=d.max_new_tokens,
+                 temperature=d.temperature, iterations=d.iterations, pack=d.pack)
     for name in SETTING_FLAGS:
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
@@ -454,6 +545,8 @@ def check_settings(s: Settings) -> None:
         raise UsageError("the group is empty: alpha + beta + gamma must be positive")
     if s.lr <= 0 or s.temperature < 0 or not 0 < s.top_p <= 1:
         raise UsageError("--lr must be > 0, --temperature >= 0 and --top-p in (0, 1]")
+    if s.weight_decay < 0 or s.max_grad_norm < 0:
+        raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
 
 
 def expand_targets(args, task_cls) -> list[str]:

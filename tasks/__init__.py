@@ -19,23 +19,32 @@ class Prompt:
 
 @dataclass
 class Preset:
-    """Group composition of one strategy: alpha on-policy, beta greedy, gamma neighbourhood members."""
+    """Group composition of one strategy: alpha on-policy, beta greedy, gamma neighbourhood members, and where a
+    strategy's released script sets them apart from the task's defaults, its top-k and its mu."""
     alpha: int
     beta: int = 0
     gamma: int = 0
     seed_choice: str = "topk"  # how NS seeds are picked: "topk" (random among top-k), "opro" (ranked list), "evo"
     update: bool = False  # take GRPO steps on the LoRA adapter
+    topk: int | None = None  # None: the task's topk (OPRO: how many past solutions the prompt lists)
+    mu: int | None = None  # None: the task's mu
 
 
-def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, int, int]) -> dict[str, Preset]:
+def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, int, int],
+                  baseline_ns: tuple[int, int, int] | None = None, opro_topk: int | None = None,
+                  migrate_opro_topk: int | None = None) -> dict[str, Preset]:
     """The eight strategies of the paper from one task's group size and its GRPO-Greedy and MiGrATe
-    compositions (alpha, beta, gamma). Baselines sample the whole group: Random on-policy, NS and OPRO from
-    neighbourhood prompts; the two MiGrATe variants keep MiGrATe's composition with another seed choice."""
+    compositions (alpha, beta, gamma). Random samples the whole group on-policy; NS and OPRO sample
+    `baseline_ns` (default: the whole group from neighbourhood prompts); the two MiGrATe variants keep MiGrATe's
+    composition with another seed choice. OPRO lists `opro_topk` / `migrate_opro_topk` past solutions, and Evo
+    takes one optimiser step per group (mu = 1), as in the released scripts."""
+    ns = baseline_ns or (0, 0, group)
     return {
-        "random": Preset(group), "ns": Preset(0, 0, group), "opro": Preset(0, 0, group, "opro"),
+        "random": Preset(group), "ns": Preset(*ns), "opro": Preset(*ns, "opro", topk=opro_topk),
         "grpo": Preset(group, update=True), "grpo-greedy": Preset(*greedy, update=True),
-        "migrate": Preset(*migrate, update=True), "migrate-opro": Preset(*migrate, "opro", True),
-        "migrate-evo": Preset(*migrate, "evo", True),
+        "migrate": Preset(*migrate, update=True),
+        "migrate-opro": Preset(*migrate, "opro", True, topk=migrate_opro_topk),
+        "migrate-evo": Preset(*migrate, "evo", True, mu=1),
     }
 
 
@@ -51,6 +60,7 @@ class TaskDefaults:
     max_new_tokens: int = 64
     iterations: int = 100
     temperature: float = 1.0
+    pack: bool = False  # alpha and gamma count candidates, packed into answers of `answer_size` (Task.pack)
     extra: dict = field(default_factory=dict)
 
 
@@ -61,21 +71,24 @@ class Task:
     target_sets: dict[str, list[str]] = {}  # named sets usable as --targets NAME, e.g. {"paper": [...]}
     default_target: str = ""
     solved_score: float = 1.0
+    answer_size: int = 1  # candidates one answer to the on-policy prompt holds (word search: 2 words)
     stop: tuple[str, ...] = ()  # strings that end a completion early, e.g. the close of the answer's JSON list
 
     def __init__(self, target: str, **options):
         self.target = target
 
     # -- prompts ---------------------------------------------------------------------------------------
-    def prompt(self) -> Prompt:
-        """The on-policy prompt; every group member is trained as an answer to it."""
+    # `n` is how many candidates a prompt asks for: answer_size when None. Only packing tasks (defaults.pack)
+    # are asked for other counts, so a task without packing may ignore it.
+    def prompt(self, n: int | None = None) -> Prompt:
+        """The on-policy prompt; every group member is trained as an answer to it (with n = answer_size)."""
         raise NotImplementedError
 
-    def neighbourhood_prompt(self, seed: str) -> Prompt:
+    def neighbourhood_prompt(self, seed: str, n: int | None = None) -> Prompt:
         """Ask for a variation of one past candidate."""
         raise NotImplementedError
 
-    def opro_prompt(self, ranked: list[tuple[str, float]]) -> Prompt:
+    def opro_prompt(self, ranked: list[tuple[str, float]], n: int | None = None) -> Prompt:
         """Show past (candidate, score) pairs, worst first and best last, and ask for a better one."""
         raise NotImplementedError
 
@@ -89,6 +102,12 @@ class Task:
     def render(self, candidate: str) -> str:
         """A canonical completion for a past candidate (prefix included): the text of a greedy member."""
         raise NotImplementedError
+
+    def render_answer(self, candidates: list[str]) -> str:
+        """A canonical completion holding up to answer_size candidates: the text of a packed member."""
+        if len(candidates) != 1:
+            raise NotImplementedError(f"task {self.name} has no answers of {len(candidates)} candidates")
+        return self.render(candidates[0])
 
     def score(self, candidates: list[str]) -> list[float]:
         """The black-box score of each candidate, in [0, 1]; batched because oracles are faster in batches."""

@@ -230,17 +230,9 @@ class ArcTask(tasks.Task):
     name = "arc"
     stop = ("\n```",)  # the close of the code block: nothing after it is read
     defaults = tasks.TaskDefaults(
-        presets={
-            # inference-only baselines use GRPO's group of 16
-            "random": tasks.Preset(alpha=16),
-            "ns": tasks.Preset(alpha=0, gamma=16, seed_choice="topk"),
-            "opro": tasks.Preset(alpha=0, gamma=16, seed_choice="opro"),
-            "grpo": tasks.Preset(alpha=16, update=True),
-            "grpo-greedy": tasks.Preset(alpha=15, beta=1, update=True),
-            "migrate": tasks.Preset(alpha=11, beta=1, gamma=4, seed_choice="topk", update=True),
-            "migrate-opro": tasks.Preset(alpha=11, beta=1, gamma=4, seed_choice="opro", update=True),
-            "migrate-evo": tasks.Preset(alpha=11, beta=1, gamma=4, seed_choice="evo", update=True),
-        },
+        # scripts/arc_full/*.sh: the NS and OPRO baselines sample 12 on-policy + 4 neighbourhood programs; every
+        # strategy shows one past program (greedy_topk 1)
+        presets=tasks.paper_presets(16, greedy=(15, 1, 0), migrate=(11, 1, 4), baseline_ns=(12, 0, 4)),
         topk=1, mu=1, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64,
         # CPU demo (migrate.py --full for the above): a few iterations of short programs show the pipeline
         extra={"demo_iterations": 2, "demo_max_new_tokens": 256,

@@ -8,11 +8,13 @@ What counts as a word (our choice; the paper only lower-cases and strips): ASCII
 single hyphens ("t-shirt"), at most 40 characters. Anything else (several words, digits, accents, punctuation)
 is not a candidate, so it scores 0. A non-exact guess is capped just below 1.0, so only the target itself solves.
 
+The group, as in the paper's code (defaults.pack; migrate.pack_group): alpha and gamma count words, asked for in
+one on-policy call and one neighbourhood call; the iteration's words are pooled, sorted by score and packed into
+answers of 2 words (answer_size), each rewarded with its better word and trained under the on-policy prompt that
+asks for 2 words. `--no-pack` gives instead one 2-word answer per member, rewarded with its better word.
+
 Simplifications against the paper's code, each deliberate:
-1. Each completion holds up to 2 words (the on-policy prompt asks for 2, the parser keeps the first 2 valid
-   ones) and its reward is its better word (the loop takes the max). The paper instead pooled an iteration's
-   words, sorted them and packed them into pairs; rewarding each completion with its own better word is our
-   simpler equivalent that keeps every reward tied to the text that earned it.
+1. A parsed answer keeps at most the number of words its prompt asked for (the paper kept any number).
 2. The warm start draws its 20 random words from the encoder's own vocabulary (whole-word, alphabetic entries of
    at least 3 letters of vocab.txt, the target excluded), not from an external word list: no extra asset.
 3. The encoder loads lazily on the first score, so building the task (e.g. to list its prompts) is cheap.
@@ -33,6 +35,7 @@ PAPER_TARGETS = ["airbase", "birthstone", "cement", "computer", "filament", "mac
 RESPONSE_PREFIX = '{"response": ["'
 RESPONSE_CLOSE = '"]}'
 WORDS_PER_ANSWER = 2
+MAX_WORDS_PER_CALL = 50  # a prompt may ask for many words at once (packing); the loop keeps what it asked for
 MAX_WORD_CHARS = 40
 MAX_TEXT_CHARS = 10_000  # parse at most this much of a completion
 NON_EXACT_CAP = 0.999  # a different word never reaches the solved score, however close its sentence embedding
@@ -115,8 +118,8 @@ class WordSearch(tasks.Task):
     name = "wordsearch"
     stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
-        presets=tasks.paper_presets(10, greedy=(9, 1, 0), migrate=(0, 0, 10)),
-        topk=3, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=64, iterations=100,
+        presets=tasks.paper_presets(10, greedy=(9, 1, 0), migrate=(0, 0, 10), opro_topk=10, migrate_opro_topk=5),
+        topk=3, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=64, iterations=100, pack=True,
         # the paper's budget is 100 iterations; a CPU demo with the 135M model fits in a few minutes at about 10
         extra={"demo_iterations": 10,
                "score_meaning": "best score: cosine similarity of the best guess to the hidden word (all-MiniLM-L6-v2"
@@ -124,6 +127,7 @@ class WordSearch(tasks.Task):
     )
     target_sets = {"paper": PAPER_TARGETS}
     default_target = "computer"
+    answer_size = WORDS_PER_ANSWER
 
     def __init__(self, target: str = default_target, minilm_dir=None, **options):
         word = canonical_word(target)
@@ -132,7 +136,7 @@ class WordSearch(tasks.Task):
                              f"{target!r}; e.g. one of {', '.join(PAPER_TARGETS)}")
         super().__init__(word, **options)
         self.minilm_dir = minilm_dir  # None: the pinned all-MiniLM-L6-v2 asset
-        self.cache: dict[str, float] = {}  # word -> score; the loop re-scores greedy members every iteration
+        self.cache: dict[str, float] = {}  # word -> score, so a word repeated within one batch is embedded once
 
     # -- lazily loaded oracle -------------------------------------------------------------------------------------
     @cached_property
@@ -160,41 +164,47 @@ class WordSearch(tasks.Task):
     def _system(self) -> dict:
         return {"role": "system", "content": "You are playing a word guessing game. You answer with JSON only."}
 
-    def _format(self) -> str:
-        return (f"Answer with a JSON object holding a list of {WORDS_PER_ANSWER} different single English words, "
+    def _format(self, n: int) -> str:
+        return (f"Answer with a JSON object holding a list of {n} different single English words, "
                 f"like {json.dumps({'response': EXAMPLE})}")
 
-    def prompt(self) -> tasks.Prompt:
+    def prompt(self, n: int | None = None) -> tasks.Prompt:
         # The example sits in a past, "wrong" assistant turn rather than in the instructions: with the example in
         # the instructions SmolLM2-135M copied it in 77% of answers, this way in none (bench/prompt_parse.py).
+        n = n or WORDS_PER_ANSWER
         ask = (f"Guess the secret word. It is a common English noun. Answer with a JSON object holding a list of "
-               f"{WORDS_PER_ANSWER} different single English words.")
+               f"{n} different single English words.")
         return tasks.Prompt([self._system(), {"role": "user", "content": ask},
                              {"role": "assistant", "content": json.dumps({"response": EXAMPLE})},
-                             {"role": "user", "content": f"Wrong. Guess {WORDS_PER_ANSWER} other common nouns."}],
+                             {"role": "user", "content": f"Wrong. Guess {n} other common nouns."}],
                             RESPONSE_PREFIX)
 
-    def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
-        user = (f'Here is a word: "{seed}". Write {WORDS_PER_ANSWER} new words that are related to it or '
-                f"variations of it. {self._format()}")
+    def neighbourhood_prompt(self, seed: str, n: int | None = None) -> tasks.Prompt:
+        n = n or WORDS_PER_ANSWER
+        user = (f'Here is a word: "{seed}". Write {n} new words that are related to it or '
+                f"variations of it. {self._format(n)}")
         return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
 
-    def opro_prompt(self, ranked: list[tuple[str, float]]) -> tasks.Prompt:
+    def opro_prompt(self, ranked: list[tuple[str, float]], n: int | None = None) -> tasks.Prompt:
+        n = n or WORDS_PER_ANSWER
         shown = "\n".join(f"{word}: {score:.3f}" for word, score in ranked)
         user = (f"Guess the secret word. Here are past guesses with their scores, from worst to best (a higher "
-                f"score means closer to the secret word):\n{shown}\nWrite {WORDS_PER_ANSWER} new words that "
-                f"score higher than all of these. {self._format()}")
+                f"score means closer to the secret word):\n{shown}\nWrite {n} new words that "
+                f"score higher than all of these. {self._format(n)}")
         return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
 
     # -- candidates -----------------------------------------------------------------------------------------------
     def parse(self, completion: str) -> list[str]:
         try:
-            return parse_words(completion)
+            return parse_words(completion, MAX_WORDS_PER_CALL)
         except Exception:  # the protocol promises never to raise on model output
             return []
 
     def render(self, candidate: str) -> str:
-        return RESPONSE_PREFIX + candidate + RESPONSE_CLOSE
+        return self.render_answer([candidate])
+
+    def render_answer(self, candidates: list[str]) -> str:
+        return RESPONSE_PREFIX + '", "'.join(candidates) + RESPONSE_CLOSE
 
     def score(self, candidates: list[str]) -> list[float]:
         words = [canonical_word(c) for c in candidates]

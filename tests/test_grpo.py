@@ -71,6 +71,11 @@ def test_clipping_both_sides():
 
 
 def test_zero_reward_members_masked_but_counted_in_mean():
+    """TRL's "grpo" normalisation, as in the paper's code: a masked member adds 0 to the sum and still counts in
+    the division by G. Kept members: 0 (A = 0.5, ratios e^0.1, e^-0.1) and 2 (A = 0, adds 0); G = 3:
+        loss = -(0.5 e^0.1 + 0.5 e^-0.1) / 2 / 3 = -0.167500
+    (dividing by the 2 kept members instead would give -0.251250, 3/2 times more, and so a 3/2 times larger
+    gradient.)"""
     rewards = torch.tensor([1.0, 0.0, 0.5])
     adv = group_advantages(rewards)  # the zero reward pulls the mean down to 0.5: (0.5, -0.5, 0)
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0]))
@@ -81,12 +86,14 @@ def test_zero_reward_members_masked_but_counted_in_mean():
     g = _grad(loss, logp)
     assert torch.all(g[1] == 0)
     assert torch.all(g[0] != 0)
-    # Same as a group of the two kept members with the advantages of the full group (mean over 2, not 3).
+    assert loss.item() == pytest.approx(-0.1675004, abs=1e-6)
+    assert loss.item() == pytest.approx(-(0.5 * math.exp(0.1) + 0.5 * math.exp(-0.1)) / 2 / 3, abs=1e-7)
+    # d loss / d logp_0t = -r A / (n_0 G) = -e^{+-0.1} * 0.5 / (2 * 3)
+    torch.testing.assert_close(g[0], torch.tensor([-math.exp(0.1), -math.exp(-0.1)]) * 0.5 / 6)
+    # Two kept members given alone as a micro-batch of the 3-member group: the same loss.
     kept = torch.tensor([0, 2])
-    ref_loss, _ = grpo_loss(logp[kept], old[kept], adv[kept], mask[kept])
-    assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-7)
-    # member 0 (A=0.5): r = e^0.1 (unclipped), e^-0.1 -> -(0.5 e^0.1 + 0.5 e^-0.1)/2 ; member 2 (A=0): 0
-    assert loss.item() == pytest.approx(-(0.5 * math.exp(0.1) + 0.5 * math.exp(-0.1)) / 2 / 2, abs=1e-6)
+    part, _ = grpo_loss(logp[kept], old[kept], adv[kept], mask[kept], group_size=3)
+    assert part.item() == pytest.approx(loss.item(), abs=1e-7)
 
 
 def test_no_kept_member_gives_zero_loss_with_a_graph():

@@ -2,6 +2,7 @@
 
 The sampler is replaced by a script that answers each prompt with a fixed completion, so every count, seed and
 score below is known in advance; no model runs here."""
+import random
 import sys
 import types
 
@@ -112,14 +113,25 @@ def test_random_is_on_policy_only(scripted):
     assert statuses == ["new", "new"] + ["repeat"] * 6
 
 
-def test_greedy_member_is_the_best_past_solution(scripted):
+def test_greedy_member_is_a_topk_past_solution(scripted):
+    """GRPO-Greedy re-inserts one of the top-k past solutions at random (the released code's greedy_topk: 3 for
+    words, 1 = the best for molecules and ARC), with its stored score and no new evaluation."""
     s, task, policy, state = setup("grpo-greedy")
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
     greedy = [m for m, p in plan if m.origin == "greedy"]
-    assert len(plan) == 4 and len(greedy) == 1 and greedy[0].text == "[apple]"
+    assert len(plan) == 4 and len(greedy) == 1 and greedy[0].text in ("[apple]", "[pear]")
+    picked = set()
+    for seed in range(12):
+        s2, task2, _, state2 = setup("grpo-greedy")
+        state2.rng.seed(seed)
+        plan2 = migrate.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
+        picked.add(plan2[-1][0].text)
+    assert picked == {"[apple]", "[pear]"}  # top-2 of apple .9, pear .5, fig .2: both drawn, fig never
+    state.rng.seed(1)
     rec = migrate.run_iteration(state, policy, task)
     g = [m for m in rec["members"] if m["origin"] == "greedy"][0]
-    assert g["reward"] == 0.9 and g["candidates"][0]["status"] == "repeat"  # stored score, no new evaluation
+    stored = {"apple": 0.9, "pear": 0.5}[g["seed"]]
+    assert g["reward"] == stored and g["candidates"][0]["status"] == "repeat"  # stored score, no new evaluation
     assert len(scripted[0]) == 3  # greedy members are not sampled
 
 
@@ -154,27 +166,39 @@ def test_migrate_group_counts(scripted):
     assert all(m["candidates"][0]["candidate"] == m["seed"] for m in ns)  # the script mirrors the seed
 
 
-def test_evo_seeds_come_from_islands_round_robin(scripted):
+def test_evo_follows_the_released_island_database(scripted):
+    """Warm-start words are dealt round the 4 islands; each iteration draws its one seed from the current island
+    (on-policy prompts while that island is empty), its finds join that island, and the turn passes on."""
     s, task, policy, state = setup("migrate-evo")
     isl = state.islands
-    assert sum(len(p) for p in isl.islands) == 3  # the warm start was spread over the islands
+    assert [set(p) for p in isl.islands] == [{"fig"}, {"pear"}, {"apple"}, set()] and isl.current == 3
+    assert s.migrate_every == 40  # the released database's migration interval
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
-    seeds = [m.seed for m, _ in plan if m.origin == "neighbourhood"]
-    homes = [next(i for i, p in enumerate(isl.islands) if sd in p) for sd in seeds]
-    assert len(set(homes)) == 2  # two NS members, two different islands in turn
+    assert [(m.origin, m.prompt_kind) for m, _ in plan] == [("online", "policy")] * 2 + [("neighbourhood", "policy")] * 2
+    migrate.run_iteration(state, policy, task)  # island 3 empty: no seed, no greedy member
+    assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
+    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
+    seeds = {m.seed for m, _ in plan if m.origin in ("neighbourhood", "greedy")}
+    assert seeds == {"fig"}  # island 0 holds only fig: one seed for the NS members and the greedy member
 
 
-def test_islands_migrate_best_to_the_next_island():
-    isl = Islands(n_islands=3, island_size=2, archive_size=2)
-    isl.add("a", 0.3, 0)
-    isl.add("b", 0.9, 0)
-    isl.add("c", 0.1, 0)  # island 0 is full: the worst ("c") is dropped
-    isl.add("d", 0.5, 1)
-    assert set(isl.islands[0]) == {"a", "b"} and set(isl.archive) == {"b", "d"}
-    isl.migrate()
-    assert "b" in isl.islands[1] and "d" in isl.islands[2]
-    isl.migrate()  # island 2's best (d) comes to island 0, which is full (a, b): its worst (a) must go
-    assert all(len(pool) <= 2 for pool in isl.islands) and set(isl.islands[0]) == {"b", "d"}
+def test_island_database_archive_explore_exploit_and_ring_migration():
+    isl = Islands(n_islands=3, archive_size=2, explore_topk=1, exploit_topk=1)
+    isl.add("a", 0.3)  # current island 0
+    isl.add("b", 0.9)
+    isl.add("z", 0.0)  # score 0 never joins
+    isl.add("c", 0.1, island=1)
+    isl.add("d", 0.5, island=2)
+    assert set(isl.islands[0]) == {"a", "b"} and isl.archive == {"b": 0.9, "d": 0.5}  # a, then c pushed out
+    # exploit (p 0.8): an elite living on the island; explore (p 0.2): the island's best non-elite
+    rng = random.Random(0)
+    draws = [isl.pick_seed(rng) for _ in range(400)]
+    assert set(draws) == {"a", "b"} and 0.12 < draws.count("a") / 400 < 0.28
+    isl.next_island()
+    assert isl.pick_seed(rng) == "c"  # island 1 holds no elite: its top exploit_topk
+    isl.migrate()  # each island's best (5 % of it, at least one) goes to both ring neighbours
+    assert set(isl.islands[0]) == {"a", "b", "c", "d"}
+    assert set(isl.islands[1]) == {"b", "c", "d"} and set(isl.islands[2]) == {"b", "c", "d"}
 
 
 def test_budget_is_never_exceeded(scripted):
@@ -245,3 +269,72 @@ def test_a_search_that_finds_nothing_new_stops_after_patience(scripted, tmp_path
     # iteration 1 scores plum and kiwi; every later answer repeats them, so iterations 2-4 find nothing new
     assert summary["iterations"] == 4 and summary["evaluations"] == 5
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 5  # warm start + 4 iterations
+
+
+class PairTask(FruitTask):
+    """FruitTask whose answers hold two fruits, as word search's hold two words."""
+    answer_size = 2
+
+    def prompt(self, n=None):
+        return super().prompt()
+
+    def neighbourhood_prompt(self, seed, n=None):
+        return super().neighbourhood_prompt(seed)
+
+    def render_answer(self, cands):
+        return "[" + ", ".join(cands) + "]"
+
+
+def scored(*pairs, status="new"):
+    return [dict(candidate=c, score=v, status=status) for c, v in pairs]
+
+
+def test_packing_sorts_the_pool_and_rewards_each_answer_with_its_best():
+    """alpha 2 + gamma 2 candidates found, no greedy member, group 4: nothing to pad or cut, so the answers are
+    fixed: sorted (apple .9, plum .7, pear .5, fig .2) -> {apple, plum} rewarded .9 and {pear, fig} .5."""
+    s = migrate.Settings(task="pair", target="x", strategy="migrate", alpha=2, gamma=2, pack=True)
+    members = [migrate.Member("online", "policy", ask=2, candidates=scored(("pear", 0.5), ("apple", 0.9))),
+               migrate.Member("neighbourhood", "ns", "pear", ask=2, candidates=scored(("fig", 0.2), ("plum", 0.7)))]
+    packed = migrate.pack_group(s, PairTask("x"), members, random.Random(0))
+    assert [m.reward for m in packed] == [0.9, 0.5]
+    assert [sorted(c["candidate"] for c in m.candidates) for m in packed] == [["apple", "plum"], ["fig", "pear"]]
+    assert all(m.origin == "packed" and m.text in ("[apple, plum]", "[plum, apple]", "[fig, pear]", "[pear, fig]")
+               for m in packed)
+
+
+def test_packing_pads_a_short_answer_and_keeps_the_greedy_member():
+    """9 words asked on-policy, 3 found (one over budget, left out): padded with random repeats of the 3 to 9, the
+    greedy member added (group 10), packed into 5 answers; their rewards are non-increasing, the best found word
+    sits in the first answer and the greedy word is always in the pool."""
+    s = migrate.Settings(task="pair", target="x", strategy="grpo-greedy", alpha=9, beta=1, pack=True)
+    for seed in range(5):
+        members = [migrate.Member("online", "policy", ask=9, candidates=scored(
+                       ("plum", 0.7), ("fig", 0.2), ("pear", 0.5)) + scored(("kiwi", 0.0), status="over_budget")),
+                   migrate.Member("greedy", "greedy", "apple", candidates=scored(("apple", 0.9), status="repeat"))]
+        packed = migrate.pack_group(s, PairTask("x"), members, random.Random(seed))
+        words = [c["candidate"] for m in packed for c in m.candidates]
+        assert len(packed) == 5 and len(words) == 10 and words.count("apple") == 1 and "kiwi" not in words
+        assert [m.reward for m in packed] == sorted((m.reward for m in packed), reverse=True)
+        assert packed[0].reward == 0.9 and all(m.reward == max(c["score"] for c in m.candidates) for m in packed)
+
+
+def test_packed_iteration_asks_one_call_per_prompt_for_alpha_and_gamma_words(scripted):
+    s, task, policy, state = setup("migrate")
+    task = PairTask("x")
+    s.pack, s.alpha, s.beta, s.gamma = True, 3, 0, 3
+    rec = migrate.run_iteration(state, policy, task)
+    assert len(scripted[0]) == 2  # one on-policy call and one neighbourhood call
+    assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("online", "policy"), ("neighbourhood", "ns")]
+    assert len(rec["packed"]) == 3 and rec["mean_reward"] == sum(p["reward"] for p in rec["packed"]) / 3
+
+
+def test_learning_rate_decays_linearly_to_zero_over_the_planned_steps():
+    s = migrate.Settings(task="t", target="x", strategy="grpo", lr=1e-4, mu=2, iterations=10, budget=10**6)
+    assert migrate.learning_rate(s, 1, 0) == 1e-4  # no warm-up: the first step takes the full rate
+    assert migrate.learning_rate(s, 1, 1) == pytest.approx(1e-4 * 19 / 20)
+    assert migrate.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
+    assert migrate.learning_rate(s, 11, 0) == 0.0  # past the plan (repeats are free, so runs can go on)
+    s.iterations, s.budget, s.alpha = 1000, 100, 10  # the budget ends the run first: 100 / 10 = 10 planned
+    assert migrate.planned_iterations(s) == 10 and migrate.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
+    s.lr_schedule = "constant"
+    assert migrate.learning_rate(s, 10, 1) == 1e-4

@@ -154,3 +154,16 @@ def test_example_task_runs_through_the_loop(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert [m["origin"] for m in records[-1]["members"]].count("neighbourhood") == 2
+
+
+def test_update_clips_the_gradient_norm_and_uses_adamw_without_weight_decay(tmp_path):
+    s, policy = make_policy("grpo", max_grad_norm=1e-3)
+    policy.reset()
+    assert all(g["weight_decay"] == 0.0 for g in policy.optimizer.param_groups)
+    task = CountA("x")
+    members = [migrate.Member("online", "policy", text=">" + t, reward=r)
+               for t, r in (("aab", 2 / 3), ("bbb", 0.0), ("abb", 1 / 3), ("aaa", 1.0))]
+    out = migrate.grpo_update(policy, task, members, iteration=1)
+    norm = sum(float(p.grad.pow(2).sum()) for p in policy.params if p.grad is not None) ** 0.5
+    assert out["grad_norm"] > 1e-3 and norm == pytest.approx(1e-3, rel=1e-4)  # clipped in place before the step
+    assert out["lr"] == pytest.approx(s.lr * (1 - 1 / (12 * 2)))  # the second of 2 x 12 planned steps
