@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rundir import (RunFolderError, RunState, atomic_write, keep_log_lines, load_state, lock_folder, save_state,
-                    short, slug, started, write_results, write_summary)
+from rundir import (RunFolderError, RunState, atomic_write, code_version, keep_log_lines, load_state, lock_folder,
+                    save_state, short, slug, started, write_results, write_summary)
 
 STRATEGIES = ("random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo")
 
@@ -593,13 +593,14 @@ def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
     """Lock the run folder, then write config.json for a new run, or check it for --resume. Only a folder whose
     search has saved its state is taken: one left by a start that failed (bad --model, failed download) is
     simply reused by the next command, which may then change any setting."""
-    config = dict(settings=dataclasses.asdict(s), targets=targets)
+    config = dict(settings=dataclasses.asdict(s), targets=targets, code=code_version())
     out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
     if args.resume:
         saved = read_config(out)  # before the lock: a folder that is no run folder is not created or touched
         lock_folder(out)
         if started(out, saved["targets"]):
             check_same_settings(out, saved, config)
+            note_resuming_code(out, saved, config["code"])
             return out
     else:
         lock_folder(out)
@@ -610,6 +611,17 @@ def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
             raise UsageError(f"{out} holds a run with other settings; choose another --out")
     atomic_write(out / "config.json", json.dumps(config, indent=1))
     return out
+
+
+def note_resuming_code(out: Path, saved: dict, code: dict) -> None:
+    """Resuming with other code mixes two versions in one run: say so once, and record it in config.json."""
+    if saved.get("code", {}).get("code_hash") == code["code_hash"]:
+        return
+    was = saved.get("code", {}).get("commit") or "before commits were recorded"
+    print(f"migrate.py: warning: {out} was started by other code ({was}); its results now mix two versions",
+          file=sys.stderr)
+    saved.setdefault("resumed_with", []).append(code)
+    atomic_write(out / "config.json", json.dumps(saved, indent=1))
 
 
 def check_same_settings(out: Path, saved: dict, config: dict) -> None:
@@ -661,7 +673,8 @@ def explain_scores(out: Path, targets: list[str], task_cls) -> str:
 
 def cpu_demo(s: Settings, args, d) -> str:
     """On CPU, unless --full, --iterations or --budget was given: the task's demo settings (fewer iterations,
-    shorter answers) so that a first run ends in minutes. Returns the note that says so, and how to get the paper's settings."""
+    shorter answers) so that a first run ends in minutes. Returns the note that says so, and how to get the
+    paper's settings."""
     if s.device != "cpu" or args.full or args.iterations is not None or args.budget is not None:
         return ""
     s.iterations = d.extra.get("demo_iterations", s.iterations)
@@ -678,7 +691,8 @@ def set_cpu_threads(flag: int | None) -> str:
     1-minute load average shows busy (whole cores), shared among torchrun's local processes. Runs that share a
     machine then do not oversubscribe it, which would slow each of them down. Returns the note that says so."""
     import torch
-    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS has none
+    load = os.getloadavg()[0]
     if flag is not None and flag < 1:
         raise UsageError(f"--threads must be positive, got {flag}")
     if flag:

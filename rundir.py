@@ -228,3 +228,29 @@ def write_summary(out: Path, targets: list[str]) -> list[dict]:
         w.writerows(rows)
     os.replace(out / "summary.csv.tmp", out / "summary.csv")
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which code made a run: config.json records it, so published results say which code made them.
+
+CODE_FILES = ("*.py", "tasks/*.py")  # what decides a run's results (bench/ and tests/ do not)
+
+
+def code_version(root: Path = Path(__file__).resolve().parent) -> dict:
+    """{"commit": git HEAD or None, "dirty": uncommitted changes to the code files, "code_hash": sha256 of the code
+    files}. The hash is what resume compares: a commit that only touched the README changes nothing."""
+    import subprocess
+    h = hashlib.sha256()
+    for pattern in CODE_FILES:
+        for path in sorted(root.glob(pattern)):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    commit, dirty = None, None
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            dirty = bool(git("status", "--porcelain", "--", *CODE_FILES).stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git: the hash still identifies the code
+        pass
+    return dict(commit=commit, dirty=dirty, code_hash=h.hexdigest()[:16])
