@@ -70,6 +70,8 @@ class Settings:
     eps_low: float = 0.2
     eps_high: float = 0.28
     beta_kl: float = 0.0
+    micro_batch: int = 0  # rows per forward/backward in the update, gradients accumulated (0 = the whole group)
+    grad_checkpoint: bool = False  # recompute each layer in backward: less memory, one more forward
     pack: bool = False  # alpha and gamma count candidates, pooled and packed into answers (the paper's word search)
     # optimiser: the Hugging Face Trainer defaults of the paper's runs
     weight_decay: float = 0.0
@@ -83,6 +85,7 @@ class Settings:
     dtype: str = "float32"
     compile_sampler: bool = False
     compile_logprobs: bool = False
+    sample_weights: str = "auto"  # the sampler's decode weights (quant.py): auto (int4 on CPU float32), model, ...
     task_options: dict = field(default_factory=dict)
 
     @property
@@ -203,7 +206,8 @@ def sample_members(policy: Policy, task, plan, generator) -> None:
         return
     out = generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
                    temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
-                   decode=tok.decode, stop=task.stop, compile=s.compile_sampler)
+                   decode=tok.decode, stop=task.stop, compile=s.compile_sampler,
+                   weights=s.sample_weights)
     policy_prefix = task.prompt().prefix
     for (m, p), ids in zip(prompted, out.tokens):
         m.text = p.prefix + tok.decode([t for t in ids if t not in tok.eos_ids])
@@ -273,7 +277,10 @@ def planned_iterations(s: Settings) -> int:
 
 def grpo_update(policy: Policy, task, members: list[Member], iteration: int) -> dict:
     """mu AdamW steps of the clipped GRPO loss on the LoRA adapter (learning_rate's schedule, gradient norm
-    clipped at max_grad_norm); returns loss and clip statistics."""
+    clipped at max_grad_norm); returns loss and clip statistics of the last step.
+
+    Memory: each step runs the group in micro-batches of s.micro_batch rows whose gradients add up to the
+    whole group's (grpo_loss's group_size), and s.grad_checkpoint recomputes each layer in backward."""
     import torch
     from grpo import completion_logprobs, group_advantages, grpo_loss
     from model import lora_disabled
@@ -286,31 +293,49 @@ def grpo_update(policy: Policy, task, members: list[Member], iteration: int) -> 
     # Every member is trained as an answer to the on-policy prompt, so the group shares it: it runs once.
     prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
     completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
+    adv, keep, G = advantages.to(s.device), keep.to(s.device), len(members)
+    batches = micro_batches(G, s.micro_batch)
 
-    def logprobs():
-        return completion_logprobs(model, prompt, completions, compiled=s.compile_logprobs)
+    def logprobs(rows):
+        return completion_logprobs(model, prompt, completions[rows], compiled=s.compile_logprobs)
+
+    def loss_of(logp, old, rows, ref):
+        return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
+                         eps_high=s.eps_high, ref_logp=ref, beta_kl=s.beta_kl, group_size=G)
     ref = None
     if s.beta_kl > 0:
         with torch.no_grad(), lora_disabled(model):
-            ref = logprobs()
+            ref = torch.cat([logprobs(rows) for rows in batches])
     model.train()
-    stats = {}
+    model.checkpointing = s.grad_checkpoint
+    old = None
     for step in range(s.mu):
-        logp = logprobs()
-        if step == 0:
-            old = logp.detach()  # the policy before the first step (simplification 4)
-        loss, stats = grpo_loss(logp, old, advantages.to(logp.device), mask, member_mask=keep.to(logp.device),
-                                eps_low=s.eps_low, eps_high=s.eps_high, ref_logp=ref, beta_kl=s.beta_kl)
         policy.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = []
+        for rows in batches:
+            logp = logprobs(rows)
+            loss, _ = loss_of(logp, logp.detach() if old is None else old[rows], rows,
+                              None if ref is None else ref[rows])
+            loss.backward()  # gradients accumulate: each micro-batch adds its rows' share of the group's loss
+            parts.append(logp.detach())
+        logp = torch.cat(parts)
+        if old is None:
+            old = logp  # the policy before the first step (simplification 4)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, s.max_grad_norm or float("inf"))
         lr = learning_rate(s, iteration, step)
         for group in policy.optimizer.param_groups:
             group["lr"] = lr
         policy.optimizer.step()
+    model.checkpointing = False
     model.eval()
-    return dict(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm),
-                **{k: float(v) for k, v in stats.items()})
+    loss, stats = loss_of(logp, old, slice(None), ref)  # the last step's loss and statistics, for the log
+    return dict(loss=float(loss), lr=lr, grad_norm=float(grad_norm), **{k: float(v) for k, v in stats.items()})
+
+
+def micro_batches(rows: int, size: int) -> list[slice]:
+    """Row slices of at most `size` rows (0: all rows at once)."""
+    size = size if 0 < size < rows else rows
+    return [slice(i, i + size) for i in range(0, rows, size)]
 
 
 def pad_completions(completions: list[list[int]], device):
@@ -482,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora-alpha", type=int, help="LoRA alpha (scale alpha/r) [task default]")
     a("--lora-dropout", type=float, help="LoRA dropout [0]")
     a("--beta-kl", type=float, help="KL penalty to the base model [0]")
+    a("--micro-batch", type=int, help="update the group this many rows at a time, gradients accumulated "
+      "(the same update with less memory) [0: the whole group]")
+    a("--grad-checkpoint", action=argparse.BooleanOptionalAction, help="recompute each layer in backward "
+      "(less memory, about a third more update time) [off]")
     a("--max-new-tokens", type=int, help="tokens sampled per completion [task default]")
     a("--temperature", type=float, help="sampling temperature [1.0]")
     a("--top-p", type=float, help="nucleus sampling threshold [1.0]")
@@ -492,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
     a("--compile", action="store_true", help="torch.compile the sampler's decode step")
     a("--compile-logprobs", action="store_true", help="torch.compile the fused log-prob chunk")
+    a("--sample-weights", choices=("auto", "model", "packed", "int4"), help="base weights of the sampler's decode "
+      "steps (quant.py): the model's own, oneDNN-packed float32, or 4-bit (the GGUF's codes) [auto: int4 on CPU "
+      "in float32, else model]")
     a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
     a("--sandbox", choices=("auto", "strict", "process"), help="ARC: isolate programs by Linux namespaces "
       "(auto: warn and fall back where unavailable; strict: refuse; process: the old unisolated path) [auto]")
@@ -504,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 # flags that are settings (the rest choose what to run and where)
 SETTING_FLAGS = ("seed", "budget", "iterations", "patience", "alpha", "beta", "gamma", "topk", "pack", "mu", "lr",
                  "lr_schedule", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "beta_kl",
-                 "max_new_tokens", "temperature", "top_p", "islands", "migrate_every")
+                 "micro_batch", "grad_checkpoint", "max_new_tokens", "temperature", "top_p", "islands",
+                 "migrate_every")
 
 
 def resolve_settings(args, task_cls) -> Settings:
@@ -525,6 +558,7 @@ def resolve_settings(args, task_cls) -> Settings:
         s.iterations = args.budget  # the budget decides; the iteration cap only guards against a stuck search
     s.early_stop = not args.no_early_stop
     s.compile_sampler, s.compile_logprobs = args.compile, args.compile_logprobs
+    s.sample_weights = args.sample_weights or s.sample_weights
     if args.arc_data:
         s.task_options["arc_data"] = args.arc_data
     if getattr(args, "sandbox", None):
@@ -545,8 +579,8 @@ def check_settings(s: Settings) -> None:
         raise UsageError("the group is empty: alpha + beta + gamma must be positive")
     if s.lr <= 0 or s.temperature < 0 or not 0 < s.top_p <= 1:
         raise UsageError("--lr must be > 0, --temperature >= 0 and --top-p in (0, 1]")
-    if s.weight_decay < 0 or s.max_grad_norm < 0:
-        raise UsageError("--weight-decay and --max-grad-norm must be >= 0")
+    if s.weight_decay < 0 or s.max_grad_norm < 0 or s.micro_batch < 0:
+        raise UsageError("--weight-decay, --max-grad-norm and --micro-batch must be >= 0")
 
 
 def expand_targets(args, task_cls) -> list[str]:
@@ -606,7 +640,8 @@ def prepare_out_dir(args, s: Settings, targets: list[str]) -> Path:
         lock_folder(out)
         saved = read_config(out) if (out / "config.json").exists() else None
         if saved and started(out, saved["targets"]):
-            if saved == json.loads(json.dumps(config)):
+            plain = json.loads(json.dumps(config))  # as config.json reads back (tuples become lists)
+            if (saved["settings"], saved["targets"]) == (plain["settings"], plain["targets"]):  # code may differ
                 raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
             raise UsageError(f"{out} holds a run with other settings; choose another --out")
     atomic_write(out / "config.json", json.dumps(config, indent=1))

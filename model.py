@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # enable_gqa (torch >= 2.5) lets SDPA share kv heads without copying them.
 _HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -264,6 +265,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self._register_load_state_dict_pre_hook(self._fill_tied_head)
+        self.checkpointing = False  # recompute each layer in backward instead of keeping its activations
 
     def _apply(self, fn, recurse=True):
         # model.to(bfloat16) would round the rotary frequencies too (an angle error of ~2 rad at position 1000):
@@ -308,8 +310,14 @@ class Transformer(nn.Module):
             positions = base.expand(B, T)
         x = self.model.embed_tokens(tokens)  # (B, T, D)
         cos, sin = self.rope(positions, x.dtype)
+        # Activation checkpointing (training only): keep each layer's input, recompute its inside in backward. A
+        # prefix being filled is not checkpointed: its recomputation would append the prompt's keys again.
+        recompute = self.checkpointing and torch.is_grad_enabled() and cache is None and (prefix is None or len(prefix))
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, i, cache, prefix)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, cache, prefix, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, i, cache, prefix)
         x = self.model.norm(x)
         if return_hidden:
             return x

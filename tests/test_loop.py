@@ -174,7 +174,8 @@ def test_evo_follows_the_released_island_database(scripted):
     assert [set(p) for p in isl.islands] == [{"fig"}, {"pear"}, {"apple"}, set()] and isl.current == 3
     assert s.migrate_every == 40  # the released database's migration interval
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
-    assert [(m.origin, m.prompt_kind) for m, _ in plan] == [("online", "policy")] * 2 + [("neighbourhood", "policy")] * 2
+    kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
+    assert kinds == [("online", "policy")] * 2 + [("neighbourhood", "policy")] * 2
     migrate.run_iteration(state, policy, task)  # island 3 empty: no seed, no greedy member
     assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
