@@ -85,6 +85,11 @@ def test_resume_checks_settings_and_keeps_what_was_written(model_dir, tmp_path):
     one_line_error(migrate("--resume", str(out), "--lr", "0.5"), "lr", str(out))
     one_line_error(migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "2", "--out", str(out)),
                    "--resume")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(config, code=dict(code_hash="older code"))))
+    before[out / "config.json"] = (out / "config.json").read_bytes()
+    one_line_error(migrate("--task", EXAMPLE, "--model", model_dir, "--iterations", "2", "--out", str(out)),
+                   "already holds this run")  # the same settings from other code: still this run
     assert files() == before
     r = migrate("--resume", str(out), "--iterations", "3")  # more iterations is another configuration too
     one_line_error(r, "iterations")
