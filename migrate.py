@@ -2,21 +2,23 @@
 own attempts while it searches (Mixed-Policy GRPO for Adaptation at Test-Time, arXiv 2508.08641).
 
 One iteration (run_iteration below):
-  1. plan the group: alpha on-policy prompts, gamma neighbourhood prompts built from past solutions, beta
-     greedy members (the best past solution, re-inserted with its stored score);
+  1. plan the group: alpha on-policy prompts, gamma neighbourhood prompts built from the iteration's seed (a
+     past solution), beta greedy members (that seed, re-inserted with its stored score);
   2. sample every prompted member in one batched sampler call;
-  3. parse and score each completion with the task's black-box score (through the history's cache);
+  3. parse and score each completion with the task's black-box score (through the history's cache); with
+     packing (word search), pool the candidates and pack them into answers (pack_group);
   4. train: advantages = reward - group mean, clipped GRPO loss, mu AdamW steps on the LoRA adapter.
 
 Simplifications we made on purpose, and why:
   1. Every member is trained as an answer to the on-policy prompt, whichever prompt produced it (the paper's
      choice: the policy should learn to produce good solutions without being shown one).
-  2. A completion may hold several candidates (two words, five molecules); its reward is the best of them.
+  2. A completion may hold several candidates (a packed answer of two words); its reward is the best of them.
   3. The budget counts distinct black-box evaluations; a repeat is free and logged as a repeat.
   4. old_logp is the policy before the first of the mu steps, so the first step's ratio is exactly 1 and its
      log-probs are reused as old_logp instead of running the model twice.
   5. No reference model is kept: the KL term (off by default, as in the paper) uses the base model obtained by
      switching the LoRA adapter off.
+  6. A group with no signal (every reward equal, or all 0) takes no optimiser step.
 """
 import argparse
 import dataclasses
