@@ -370,23 +370,53 @@ def unpermute(w, n_head: int):
 def read_gguf(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and dequantised float32 tensors in Hugging Face names and layout."""
     metadata, raw = read_gguf_raw(path)
-    arch = metadata.get("general.architecture", "llama")
-    heads = {"q_proj": metadata.get(f"{arch}.attention.head_count"),
-             "k_proj": metadata.get(f"{arch}.attention.head_count_kv", metadata.get(f"{arch}.attention.head_count"))}
     tensors = {}
     for name, shape, gtype, data in raw:
         try:
             w = dequantize(data, gtype, math.prod(shape)).reshape(shape)
         except ValueError as e:
             raise ModelLoadError(f"{path}: tensor {name}: {e}; pick a file of one of those types") from None
-        key = hf_name(name)
-        proj = key.split(".")[-2]
-        if arch == "llama" and proj in heads:  # only llama.cpp's "llama" conversion permutes q/k
-            if not heads[proj]:
-                raise ModelLoadError(f"{path} lacks {arch}.attention.head_count; cannot un-permute {name}")
-            w = unpermute(w, heads[proj])
-        tensors[key] = torch.from_numpy(w)
+        n_head = _permuted_heads(metadata, name, path)
+        tensors[hf_name(name)] = torch.from_numpy(unpermute(w, n_head) if n_head else w)
     return metadata, tensors
+
+
+def _permuted_heads(metadata: dict, name: str, path) -> int | None:
+    """Heads to un-permute the rows of tensor `name` by, or None: only llama.cpp's "llama" conversion permutes
+    q/k."""
+    arch = metadata.get("general.architecture", "llama")
+    proj = hf_name(name).split(".")[-2]
+    if arch != "llama" or proj not in ("q_proj", "k_proj"):
+        return None
+    n_head = metadata.get(f"{arch}.attention.head_count")
+    if proj == "k_proj":
+        n_head = metadata.get(f"{arch}.attention.head_count_kv", n_head)
+    if not n_head:
+        raise ModelLoadError(f"{path} lacks {arch}.attention.head_count; cannot un-permute {name}")
+    return n_head
+
+
+def gguf_4bit_codes(path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The 4-bit codes of a GGUF's Q4_0 and Q4_1 tensors, for a sampler that multiplies with them directly:
+    {Hugging Face name: (q (N, K) uint8 in 0..15, scale (N, K/32), low (N, K/32) float32)}, rows in Hugging Face
+    order, with q * scale + low (float32, in that order) bit-equal to read_gguf's weight (Q4_0: low = -8 scale)."""
+    metadata, raw = read_gguf_raw(path)
+    codes = {}
+    for name, shape, gtype, data in raw:
+        kind = GGML_TYPES[gtype][0]
+        if kind not in ("Q4_0", "Q4_1") or len(shape) != 2:
+            continue
+        b = np.ascontiguousarray(data).reshape(-1, GGML_TYPES[gtype][2])  # (n_blocks, bytes per block)
+        at = 2 if kind == "Q4_0" else 4  # the nibbles follow d (and m)
+        N, K = shape
+        q = _nibbles(b[:, at:at + 16]).reshape(N, K)
+        scale = _f16(b, 0).reshape(N, K // 32)
+        low = -8 * scale if kind == "Q4_0" else _f16(b, 2).reshape(N, K // 32)
+        n_head = _permuted_heads(metadata, name, path)
+        if n_head:
+            q, scale, low = (unpermute(a, n_head) for a in (q, scale, low))
+        codes[hf_name(name)] = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (q, scale, low))
+    return codes
 
 
 def config_from_gguf(metadata: dict, tie_embeddings: bool = True):
@@ -447,7 +477,9 @@ def load_model(spec: str | None = None, device="cpu", dtype=torch.float32):
         cfg, tensors, tok = _gguf_file(path)
     else:
         raise ModelLoadError(f"{path} is neither a folder nor a .gguf file; pass a Hugging Face folder or a .gguf")
-    return _build(cfg, tensors, path, device, dtype), tok
+    model = _build(cfg, tensors, path, device, dtype)
+    model.source = str(path)  # where the weights came from (quant.py reads a GGUF's own 4-bit codes from it)
+    return model, tok
 
 
 # A Hub repository id: two names of letters, digits, '-', '_', '.', each starting with a letter or digit (so

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from model import KVCache, Transformer
+from quant import sampling_weights
 
 
 @dataclass
@@ -64,7 +65,7 @@ def sample_logits(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 def _decode_step(model, tok, pos, cache):
     """One token for every live row: tok, pos (B, 1) -> logits (B, V) float32."""
     hidden = model(tok, pos, cache, return_hidden=True)[:, -1]  # (B, D)
-    return F.linear(hidden, model.lm_head.weight).float()
+    return model.lm_head(hidden).float()
 
 
 def _prefill(model: Transformer, prompts: list[list[int]], device):
@@ -85,7 +86,7 @@ def _prefill(model: Transformer, prompts: list[list[int]], device):
         # A padding query may see itself, so no softmax row is empty (that would give NaN in the cache).
         cache.mask = (causal & (key_ok[:, None, :] | torch.eye(P, dtype=torch.bool, device=device)))[:, None]
     hidden = model(tokens, positions, cache, return_hidden=True)[:, -1]  # (U, D)
-    return cache, F.linear(hidden, model.lm_head.weight).float(), pad
+    return cache, model.lm_head(hidden).float(), pad
 
 
 def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
@@ -100,8 +101,10 @@ def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
-             eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=8) -> Samples:
-    """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring."""
+             eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=8,
+             weights="model") -> Samples:
+    """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring.
+    weights: "model" (the model's own), or "packed" / "int4" base weights for the decode steps (quant.py)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
     if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1 or check_every < 1:
@@ -111,7 +114,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     B, eos = len(prompts), set(int(e) for e in eos_ids)
     out_tok, out_lp = [[] for _ in range(B)], [[] for _ in range(B)]
     finish = ["length"] * B
-    with torch.inference_mode():
+    with torch.inference_mode(), sampling_weights(model, weights):
         _run(model, prompts, max_new_tokens, (temperature, top_k, top_p, generator), eos, decode, tuple(stop),
              compile, check_every, out_tok, out_lp, finish)
     text = [decode(t) for t in out_tok] if decode is not None else None

@@ -41,6 +41,7 @@ fixed list of three scored small molecules, 96 new tokens, the acyclic example i
 usable, 0.11 copied, against 0.22, 0.03 with the old one.
 
     OMP_NUM_THREADS=1 python bench/prompt_parse.py --task molecule         # about 8 minutes on one CPU thread
+    OMP_NUM_THREADS=1 python bench/prompt_parse.py --weights int4 --batch 10  # the sampler's int4 decode weights
 
 Left out: training (this measures the untrained policy, the start of every run), OPRO prompts (their text
 depends on a run's history).
@@ -106,13 +107,20 @@ def shown_molecules(prompt: Prompt) -> set[str]:
 
 # -- measuring -----------------------------------------------------------------------------------------------------
 
+SAMPLING = {"weights": "model", "batch": 0}  # set from --weights and --batch (0: all n rows in one call)
+
+
 def sample(model, tok, task, prompt: Prompt, n: int, max_new: int, gen) -> list[str]:
     """n completions of one prompt at temperature 1, the response prefix put back in front (as migrate.py)."""
     ids = tok.encode(tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix))
-    # stopping at the list's end saves time and changes nothing: the parser ignores text after the list
-    out = generate(model, [ids] * n, max_new, temperature=1.0, eos_ids=tok.eos_ids, decode=tok.decode,
-                   stop=task.stop, generator=gen)
-    return [prompt.prefix + text for text in out.text]
+    step = SAMPLING["batch"] or n
+    texts = []
+    for start in range(0, n, step):
+        # stopping at the list's end saves time and changes nothing: the parser ignores text after the list
+        out = generate(model, [ids] * min(step, n - start), max_new, temperature=1.0, eos_ids=tok.eos_ids,
+                       decode=tok.decode, stop=task.stop, generator=gen, weights=SAMPLING["weights"])
+        texts += out.text
+    return [prompt.prefix + text for text in texts]
 
 
 def measure(model, tok, task, prompt: Prompt, vocab: set[str], n: int, max_new: int, gen) -> dict:
@@ -172,7 +180,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="model folder or .gguf [SmolLM2-135M-Instruct]")
+    ap.add_argument("--weights", default="model", help="sampler weights: model, packed or int4 (quant.py)")
+    ap.add_argument("--batch", type=int, default=0, help="rows per sampler call [all n]; the fast weights serve "
+                    "at most quant.FAST_ROWS rows, so use the loop's group size (10) to measure them")
     args = ap.parse_args(argv)
+    SAMPLING.update(weights=args.weights, batch=args.batch)
 
     torch.manual_seed(args.seed)
     model, tok = checkpoint.load_model(args.model, device=args.device)

@@ -155,3 +155,41 @@ def test_compiled_decode_step_matches_eager():
     assert compiled.tokens == eager.tokens
     for a, b in zip(compiled.logprobs, eager.logprobs):
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+
+def int4_twin(model):
+    """A copy of the model whose every int4-served linear holds, in float32, the weight the kernel stands for."""
+    import copy
+    import quant
+    twin = copy.deepcopy(model)
+    for name, fast in quant._build(model, "int4").items():
+        if isinstance(fast.fast, quant.Int4Weight):
+            w = twin.get_submodule(name).weight
+            with torch.no_grad():
+                w.copy_(fast.fast.dequantised(quant.quantise_int4(w)[0]))
+    return twin
+
+
+def test_packed_weights_sample_the_same_tokens():
+    # float32 in a different summation order: same tokens, log-probs within 1e-4.
+    model = tiny_model(8)
+    ref = generate(model, PROMPTS, 10, generator=torch.Generator().manual_seed(3))
+    fast = generate(model, PROMPTS, 10, generator=torch.Generator().manual_seed(3), weights="packed")
+    assert fast.tokens == ref.tokens
+    for a, b in zip(fast.logprobs, ref.logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+def test_int4_weights_equal_float32_model_of_the_same_codes():
+    # Slow twin: the float32 model holding the dequantised codes. The kernel rounds activations and outputs to
+    # bfloat16, so log-probs agree to 0.05 (tiny model, vocabulary 97) and the same noise picks the same tokens.
+    # Short prompts: a prefill of at most FAST_ROWS rows runs on the int4 weights too (a longer one would run on
+    # the model's own weights, which these random weights are not).
+    short = [[5, 17, 42, 3], [7, 8], [5, 17, 42, 3], [9, 10]]
+    model = tiny_model(9)
+    twin = int4_twin(model)
+    ref = generate(twin, short, 10, generator=torch.Generator().manual_seed(4))
+    fast = generate(model, short, 10, generator=torch.Generator().manual_seed(4), weights="int4")
+    assert fast.tokens == ref.tokens
+    for a, b in zip(fast.logprobs, ref.logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 0.05
