@@ -141,7 +141,13 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
     pos = (P - pad)[:, None]  # (B, 1): position of the first generated token = prompt length
     padded = bool(pad.any())
     alive = list(range(len(prompts)))  # request index of each live batch row
-    step = torch.compile(_decode_step, dynamic=True) if compile else _decode_step
+    static = _cuda_graphs(compile, device)
+    if static:  # the graph writes the cache in place: its address must not change between replays
+        torch._dynamo.mark_static_address(cache.k)
+        torch._dynamo.mark_static_address(cache.v)
+        step = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True)
+    else:
+        step = torch.compile(_decode_step, dynamic=True) if compile else _decode_step
     toks, lps = [], []  # this window's (B_live,) tensors
     for t in range(max_new):
         tok, lp = sample_logits(logits, *sampling)
@@ -154,7 +160,7 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
             toks, lps = [], []
             if not keep or last:
                 return
-            if len(keep) < len(alive):  # drop finished rows from every per-row tensor
+            if len(keep) < len(alive) and not static:  # drop finished rows from every per-row tensor
                 idx = torch.tensor(keep, device=device)
                 cache.k, cache.v = cache.k[:, idx], cache.v[:, idx]
                 key_ok, pos, tok = key_ok[idx], pos[idx], tok[idx]
@@ -168,10 +174,20 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
         logits = step(model, tok[:, None], pos + t, cache)
 
 
+def _cuda_graphs(compile: bool, device) -> bool:
+    """Compiled decoding on a GPU replays one CUDA graph per step: one launch instead of a few hundred kernels,
+    which is what batch-1 decoding waits on. A graph has fixed shapes, so finished rows stay in the batch (their
+    tokens are dropped) and the cache stays at one address."""
+    return compile and torch.device(device).type == "cuda"
+
+
 def _collect(alive, toks, lps, eos, decode, stop, out_tok, out_lp, finish) -> list[int]:
-    """Append a window of new tokens to each live row and mark finished rows; return batch rows to keep."""
+    """Append a window of new tokens to each live row and mark finished rows; return batch rows to keep.
+    A row that finished in an earlier window (kept in a static batch) takes nothing more."""
     keep = []
     for b, r in enumerate(alive):
+        if finish[r] != "length":
+            continue
         start = len(out_tok[r])
         new = toks[b]
         cut = next((i + 1 for i, x in enumerate(new) if x in eos), None)  # tokens kept, EOS included

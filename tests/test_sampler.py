@@ -193,3 +193,22 @@ def test_int4_weights_equal_float32_model_of_the_same_codes():
     assert fast.tokens == ref.tokens
     for a, b in zip(fast.logprobs, ref.logprobs):
         assert max(abs(x - y) for x, y in zip(a, b)) < 0.05
+
+
+def test_a_static_batch_keeps_finished_rows_out_of_the_output(monkeypatch):
+    """On a GPU the compiled step is a CUDA graph of fixed shape, so finished rows stay in the batch. Forced here
+    on CPU (compile replaced by the plain step): greedy rows, some ended by EOS and one by a stop string, must
+    equal those of the shrinking batch exactly."""
+    import sampler
+    model = tiny_model(8, tie_embeddings=False)
+    full = generate(model, PROMPTS, 16, temperature=0, decode=decode)
+    eos = full.tokens[1][3]
+    kw = dict(temperature=0, eos_ids=[eos], decode=decode, stop=[full.text[3][6:8]], check_every=3)
+    shrinking = generate(model, PROMPTS, 16, **kw)
+    monkeypatch.setattr(sampler, "_cuda_graphs", lambda compile, device: True)
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)
+    static = generate(model, PROMPTS, 16, compile=True, **kw)
+    assert static.tokens == shrinking.tokens and static.finish == shrinking.finish
+    assert {"eos", "stop"} <= set(static.finish)
+    assert [len(t) for t in static.logprobs] == [len(t) for t in static.tokens]
