@@ -1,15 +1,26 @@
 """MiGrATe against every baseline at the same budget of black-box evaluations.
 
 Runs strategies x seeds as sweeps of migrate.py over the targets (each sweep under torchrun when --nproc > 1),
-resumes a half-finished experiment instead of starting over, then writes into --out:
+resumes a half-finished experiment instead of starting over, and before starting prints a measured estimate of
+its wall time: seconds and evaluations per iteration read from the histories of runs of the same code in --out,
+or, when there are none, from a 2-iteration calibration run. Then it writes into --out:
   table.md / table.csv  per strategy: mean and std over targets and seeds of the best score found, the std over
-                        seeds of the per-seed mean, the fraction solved, and the evaluations needed to first
-                        reach --threshold (mean over runs that did, with how many did), and wins/ties/losses
-                        against random sampling and against grpo on the same target and seed;
+                        seeds of the per-seed mean, the fraction solved with its 95 % Wilson interval, and the
+                        evaluations needed to first reach --threshold (mean over runs that did, with how many did);
+                        then (paired.csv) each strategy against random, ns and grpo on the same target and seed:
+                        the mean difference of best score with a 95 % percentile-bootstrap interval over pairs, the
+                        exact two-sided sign test (ties dropped), wins/ties/losses and a verdict;
   targets.md            the best score per target and strategy, averaged over seeds;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
+The report never mixes code versions: it reads the sweeps of one code_hash (config.json's `code`; default the
+newest that has runs, or --code-hash) and says how many runs of other code it left out.
 
+Left out on purpose: a multiple-comparison correction (each interval is for its own comparison; the table says
+how many it shows), the Wilcoxon test (the sign test needs no symmetry of the differences), and start-up time
+(model load, warm start) in the estimate, a few seconds per sweep.
+
+    python bench/search.py --protocol paper --nproc 2 --threads 1 --out bench/results/wordsearch-paper
     python bench/search.py --task wordsearch --targets paper --seeds 0,1,2 --budget 200 --out bench/results/ws
 """
 import argparse
@@ -19,29 +30,198 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+from argparse import Namespace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from migrate import STRATEGIES  # noqa: E402
-from rundir import slug  # noqa: E402
+from migrate import STRATEGIES, expand_targets, load_task_class  # noqa: E402
+from rundir import code_version, slug  # noqa: E402
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+PROTOCOLS = {  # named experiments: defaults that explicit flags still override
+    "paper": dict(task="wordsearch", targets="paper", strategies=",".join(STRATEGIES), seeds="0,1,2", budget=1000),
+}
+PAIRED_REFERENCES = ("random", "ns", "grpo")  # sampling alone, the neighbourhood without training, on-policy GRPO
+TIE = 1e-6  # scores this close are one score: the same word embedded in another batch differs in the last bits
+RESAMPLES = 10_000
+OLDER, MIXED = "older code", "mixed code"
 
 
-def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
+# ----------------------------------------------------------------------------------------------------------
+# Running: sweeps of migrate.py, and the estimate of their wall time.
+
+def migrate_command(args, out: Path, settings: list[str]) -> list[str]:
     cmd = [sys.executable, str(ROOT / "migrate.py"), "--quiet"]
     if args.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                str(ROOT / "migrate.py"), "--quiet"]
     if (out / "config.json").exists():
-        cmd += ["--resume", str(out)]
-    else:
-        cmd += ["--task", args.task, "--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
-                "--budget", str(args.budget), "--out", str(out)] + args.extra
-    print(f"[{strategy} seed {seed}] {' '.join(cmd[1:])}", flush=True)
+        return cmd + ["--resume", str(out)]
+    return cmd + ["--task", args.task, "--out", str(out)] + settings
+
+
+def run(args, cmd: list[str], label: str) -> None:
+    print(f"[{label}] {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
 
+
+def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
+    settings = ["--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
+                "--budget", str(args.budget)] + args.extra
+    run(args, migrate_command(args, out, settings), f"{strategy} seed {seed}")
+
+
+def timings(history: Path) -> dict:
+    """One run's timed iterations (the warm start, iteration 0, has no times): how many, the evaluations they
+    added, their seconds in all and without the update, and the warm start's evaluations."""
+    t = dict(iterations=0, evaluations=0, seconds=0.0, sampling_seconds=0.0, warm=0)
+    before = 0
+    for line in history.read_text().splitlines():
+        r = json.loads(line)
+        if "time_sample" in r:
+            t["iterations"] += 1
+            t["evaluations"] += r["evaluations"] - before
+            t["sampling_seconds"] += r["time_sample"] + r["time_score"]
+            t["seconds"] += r["time_sample"] + r["time_score"] + r["time_update"]
+        elif r["iteration"] == 0:
+            t["warm"] = r["evaluations"]
+        before = r["evaluations"]
+    return t
+
+
+def rate(runs: list[dict], seconds: str = "seconds") -> tuple[float, float] | None:
+    """(seconds, evaluations) per iteration, pooled over runs; None without a timed iteration."""
+    n = sum(t["iterations"] for t in runs)
+    return (sum(t[seconds] for t in runs) / n, sum(t["evaluations"] for t in runs) / n) if n else None
+
+
+def estimate_seconds(runs_left: dict[str, int], trains: dict[str, bool], rates: dict[bool, tuple[float, float]],
+                     budget: int, warm: int, nproc: int) -> float:
+    """Wall time of the runs left: each spends (budget - warm start) evaluations in iterations of its kind's
+    measured size and time; a sweep's targets are split over nproc processes running side by side."""
+    total = 0.0
+    for strategy, n in runs_left.items():
+        seconds, evaluations = rates[trains[strategy]]
+        total += n * math.ceil(max(budget - warm, 0) / evaluations) * seconds
+    return total / nproc
+
+
+def history_timings(out: Path, code: str) -> dict[str, list[dict]]:
+    """strategy -> timings of every run in --out made by this code (finished or not)."""
+    found = {}
+    for config in out.glob("*-seed*/config.json"):
+        c = json.loads(config.read_text())
+        if code_label(c) == code:
+            for h in config.parent.glob("*/history.jsonl"):
+                found.setdefault(c["settings"]["strategy"], []).append(timings(h))
+    return found
+
+
+def calibrate(args, targets: list[str], strategy: str) -> dict[str, list[dict]]:
+    """Time 2 iterations of `strategy` in a scratch folder, one target per process (so the processes share the
+    cores as the real sweeps will)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "calibration"
+        settings = ["--targets", ",".join(targets[:args.nproc]), "--strategy", strategy, "--seed", "0",
+                    "--budget", str(args.budget)] + args.extra + ["--iterations", "2"]
+        run(args, migrate_command(args, out, settings), "calibration")
+        return {strategy: [timings(h) for h in out.glob("*/history.jsonl")]}
+
+
+def measured_timings(args, out: Path, targets: list[str], trains: dict[str, bool],
+                     runs_left: dict[str, int]) -> tuple[dict[str, list[dict]], str]:
+    """Timings of the runs of this code in --out, or of a calibration run when those cannot time what is left
+    (nothing timed, or training runs to do and no training iteration timed)."""
+    found = {s: ts for s, ts in history_timings(out, code_version()["code_hash"]).items()
+             if any(t["iterations"] for t in ts)}
+    if found and (any(trains.get(s) for s in found) or not any(trains[s] for s in runs_left)):
+        return found, f"runs of this code in {out}"
+    strategy = next((s for s in args.strategies if trains[s]), args.strategies[0])
+    return calibrate(args, targets, strategy), f"a 2-iteration {strategy} calibration run"
+
+
+def print_estimate(args, out: Path, targets: list[str]) -> None:
+    """One line before the runs start: their wall time, from measured seconds and evaluations per iteration."""
+    trains = {s: p.update for s, p in load_task_class(args.task).defaults.presets.items()}
+    runs_left = {s: sum(not (out / f"{s}-seed{seed}" / slug(t) / "best.json").exists()
+                        for seed in args.seeds for t in targets) for s in args.strategies}
+    runs_left = {s: n for s, n in runs_left.items() if n}
+    if not runs_left:
+        return
+    found, source = measured_timings(args, out, targets, trains, runs_left)
+    train = rate([t for s, ts in found.items() if trains.get(s) for t in ts])
+    sample = rate([t for s, ts in found.items() if not trains.get(s) for t in ts])
+    sample = sample or rate([t for ts in found.values() for t in ts], "sampling_seconds")  # training less update
+    warm = max(t["warm"] for ts in found.values() for t in ts)
+    seconds = estimate_seconds(runs_left, trains, {True: train or sample, False: sample}, args.budget, warm,
+                               args.nproc)
+    print(f"estimate: {duration(seconds)} for {sum(runs_left.values())} runs with {args.nproc} "
+          f"process{'es' * (args.nproc > 1)} (measured: {per_iteration(train, 'training')}"
+          f"{per_iteration(sample, 'sampling-only')}from {source}; runs that stop early take less)", flush=True)
+
+
+def per_iteration(r: tuple[float, float] | None, kind: str) -> str:
+    return f"{r[0]:.1f} s per {kind} iteration of {r[1]:.1f} evaluations, " if r else ""
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which runs to report: one code version.
+
+def code_label(config: dict) -> str:
+    """A sweep's code: its code_hash; OLDER before config.json recorded one; MIXED once a resume by other code
+    added iterations to it."""
+    if "code" not in config:
+        return OLDER
+    return MIXED if config.get("resumed_with") else config["code"]["code_hash"]
+
+
+def sweeps_by_code(out: Path) -> dict[str, list[Path]]:
+    groups = {}
+    for config in sorted(out.glob("*-seed*/config.json")):
+        groups.setdefault(code_label(json.loads(config.read_text())), []).append(config.parent)
+    return groups
+
+
+def choose_code(groups: dict[str, list[Path]], wanted: str | None = None) -> str:
+    """The code whose runs are reported: `wanted` (a code_hash or its prefix, or 'older'/'mixed'), else the
+    newest code with runs (its latest sweep's config.json written last), else the older code."""
+    if wanted:
+        match = [c for c in groups if c.startswith(wanted) or c == f"{wanted} code"]
+        if len(match) != 1:
+            sys.exit(f"--code-hash {wanted} matches {len(match)} of the codes here: {', '.join(groups)}")
+        return match[0]
+    hashed = [c for c in groups if c not in (OLDER, MIXED)]
+    if hashed:
+        return max(hashed, key=lambda c: max((d / "config.json").stat().st_mtime for d in groups[c]))
+    return OLDER if OLDER in groups else MIXED
+
+
+def code_note(groups: dict[str, list[Path]], code: str) -> str:
+    """One line: the commit(s) of the reported code, and how many finished runs of other code were left out."""
+    if code in (OLDER, MIXED):
+        made = f"Code: {code} (no single recorded version)"
+    else:
+        commits = sorted({(c["commit"] or "no git")[:7] + " (dirty)" * bool(c["dirty"])
+                          for c in (json.loads((d / "config.json").read_text())["code"] for d in groups[code])})
+        made = f"Code: {', '.join(commits)}, code hash {code}"
+    left = {c: sum(len(list(d.glob("*/best.json"))) for d in ds) for c, ds in groups.items() if c != code}
+    left = {c: n for c, n in left.items() if n}
+    if not left:
+        return made + "."
+    return (f"{made}. Left out: {sum(left.values())} runs of other code ("
+            + ", ".join(f"{n} {c if c in (OLDER, MIXED) else 'of ' + c}" for c, n in left.items()) + ").")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading runs.
 
 def curve(run_dir: Path, budget: int) -> list[float]:
     """Best-so-far score at 0..budget evaluations: a step function read from the iteration log (an iteration's
@@ -56,13 +236,17 @@ def curve(run_dir: Path, budget: int) -> list[float]:
     return points + [best] * (budget + 1 - len(points))
 
 
-def collect(args, out: Path, targets: list[str]) -> dict:
-    """strategy -> list of runs {seed, target, best, solved, first_hit, curve}."""
+def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = None) -> dict:
+    """strategy -> list of runs {seed, target, best, solved, first_hit, curve}, from the given sweep folders
+    only (None: all)."""
     results = {}
     for strategy in args.strategies:
         for seed in args.seeds:
+            sweep = out / f"{strategy}-seed{seed}"
+            if sweeps is not None and sweep not in sweeps:
+                continue
             for t in targets:
-                d = out / f"{strategy}-seed{seed}" / slug(t)
+                d = sweep / slug(t)
                 if not (d / "best.json").exists():
                     continue
                 b = json.loads((d / "best.json").read_text())
@@ -73,50 +257,130 @@ def collect(args, out: Path, targets: list[str]) -> dict:
     return results
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Statistics.
+
 def mean_std(xs):
     m = sum(xs) / len(xs)
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1))
 
 
-PAIRED_REFERENCES = ("random", "grpo")  # sampling alone, and training on on-policy samples only
-
-
-def against(runs: list[dict], reference: list[dict]) -> str | None:
-    """'wins/ties/losses' of runs against the reference strategy's run on the same target and seed (so the same
-    warm start): a paired comparison, which the spread over targets hides. None without any pair."""
+def paired_differences(runs: list[dict], reference: list[dict]) -> list[float]:
+    """Best score minus the reference's on the same (seed, target), hence from the same warm start; runs without
+    a partner are left out. Ordered by (seed, target), so that the bootstrap is reproducible."""
     ref = {(r["seed"], r["target"]): r["best"] for r in reference}
-    pairs = [(r["best"], ref[r["seed"], r["target"]]) for r in runs if (r["seed"], r["target"]) in ref]
-    if not pairs:
-        return None
-    wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
-    return f"{wins}/{len(pairs) - wins - losses}/{losses}"
+    return [r["best"] - ref[r["seed"], r["target"]]
+            for r in sorted(runs, key=lambda r: (r["seed"], r["target"])) if (r["seed"], r["target"]) in ref]
 
 
-def write_table(results: dict, out: Path, threshold: float) -> str:
+def wins_ties_losses(diffs: list[float]) -> tuple[int, int, int]:
+    wins, losses = sum(d > TIE for d in diffs), sum(d < -TIE for d in diffs)
+    return wins, len(diffs) - wins - losses, losses
+
+
+def bootstrap_interval(diffs: list[float], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean difference: resample the pairs with replacement."""
+    d = np.asarray(diffs, dtype=np.float64)
+    means = d[np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))].mean(axis=1)  # (resamples,)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test, ties already dropped: twice the binomial(n, 1/2) tail of the rarer sign."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a fraction k/n (stays inside [0, 1] and is not empty at k = 0 or n)."""
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def verdict(interval: tuple[float, float], p: float) -> str:
+    """A difference counts only when the bootstrap interval excludes 0 and the sign test agrees (p < 0.05):
+    with a handful of pairs the bootstrap interval is too narrow to trust alone."""
+    lo, hi = interval
+    if p >= 0.05 or lo <= 0 <= hi:
+        return "not distinguishable"
+    return "better" if lo > 0 else "worse"
+
+
+def comparisons(results: dict) -> list[dict]:
+    """Every strategy against each reference present, each pair of strategies once (ns against random, not also
+    random against ns)."""
+    refs = [r for r in PAIRED_REFERENCES if r in results]
+    rows = []
+    for ref in refs:
+        for strategy, runs in results.items():
+            if strategy == ref or strategy in refs[:refs.index(ref)]:
+                continue
+            diffs = paired_differences(runs, results[ref])
+            if not diffs:
+                continue
+            w, t, l = wins_ties_losses(diffs)
+            ci, p = bootstrap_interval(diffs), sign_test(w, l)
+            rows.append(dict(strategy=strategy, reference=ref, pairs=len(diffs), mean_diff=sum(diffs) / len(diffs),
+                             ci_low=ci[0], ci_high=ci[1], sign_p=p, wins=w, ties=t, losses=l,
+                             verdict=verdict(ci, p)))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reports.
+
+def summary_rows(results: dict) -> list[dict]:
     rows = []
     for strategy, runs in results.items():
         m, s = mean_std([r["best"] for r in runs])
         seeds = sorted({r["seed"] for r in runs})
         seed_means = [mean_std([r["best"] for r in runs if r["seed"] == sd])[0] for sd in seeds]
         hits = [r["first_hit"] for r in runs if r["first_hit"] is not None]
+        solved = sum(bool(r["solved"]) for r in runs)
+        lo, hi = wilson(solved, len(runs))
         rows.append(dict(strategy=strategy, runs=len(runs), best_mean=round(m, 4), best_std=round(s, 4),
                          seed_std=round(mean_std(seed_means)[1], 4) if len(seeds) > 1 else None,
-                         solved=round(sum(r["solved"] for r in runs) / len(runs), 3),
+                         solved=round(solved / len(runs), 3), solved_low=round(lo, 3), solved_high=round(hi, 3),
                          evals_to_threshold=round(sum(hits) / len(hits), 1) if hits else None,
-                         reached_threshold=f"{len(hits)}/{len(runs)}",
-                         **{f"vs_{ref}": against(runs, results[ref]) if ref in results and strategy != ref else None
-                            for ref in PAIRED_REFERENCES}))
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                         reached_threshold=f"{len(hits)}/{len(runs)}"))
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         w.writeheader()
         w.writerows(rows)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"
-    md = [f"| strategy | runs | best score (mean ± std) | std of seed means | solved | evals to reach {threshold} "
-          f"| reached |" + "".join(f" against {ref} (W/T/L) |" for ref in PAIRED_REFERENCES),
-          "|---" * (7 + len(PAIRED_REFERENCES)) + "|"]
+
+
+def write_table(results: dict, out: Path, threshold: float, note: str = "") -> str:
+    """table.md: the note on code, the per-strategy table, then the paired comparisons (table.csv, paired.csv)."""
+    rows, pairs = summary_rows(results), comparisons(results)
+    write_csv(out / "table.csv", rows)
+    write_csv(out / "paired.csv", pairs)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    md = ([note, ""] if note else []) + [
+        f"| strategy | runs | best score (mean ± std) | std of seed means | solved (95 % CI) | "
+        f"evals to reach {threshold} | reached |", "|---" * 7 + "|"]
     md += [f"| {r['strategy']} | {r['runs']} | {r['best_mean']:.3f} ± {r['best_std']:.3f} | {fmt(r['seed_std'])} | "
-           f"{r['solved']:.2f} | {'-' if r['evals_to_threshold'] is None else r['evals_to_threshold']} | {r['reached_threshold']} |"
-           + "".join(f" {r['vs_' + ref] or '-'} |" for ref in PAIRED_REFERENCES) for r in rows]
+           f"{r['solved']:.2f} [{r['solved_low']:.2f}, {r['solved_high']:.2f}] | "
+           f"{'-' if r['evals_to_threshold'] is None else r['evals_to_threshold']} | {r['reached_threshold']} |"
+           for r in rows]
+    if pairs:
+        md += ["", "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | W/T/L | verdict |",
+               "|---" * 8 + "|"]
+        md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {c['mean_diff']:+.3f} | "
+               f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['sign_p']:.3f} | "
+               f"{c['wins']}/{c['ties']}/{c['losses']} | {c['verdict']} |" for c in pairs]
+        md += ["", f"Paired: best score minus the reference's on the same target and seed (the same warm start). "
+                   f"95 % CI: percentile bootstrap over pairs ({RESAMPLES:,} resamples, seed 0); p: exact "
+                   f"two-sided sign test, ties (within {TIE:g}) dropped. A difference counts only when the interval "
+                   f"excludes 0 and p < 0.05; each of the {len(pairs)} comparisons is tested alone, uncorrected."]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
     return text
@@ -165,8 +429,10 @@ def write_curves(results: dict, out: Path, budget: int, title: str, w=720, h=420
     (out / "curves.svg").write_text("".join(parts))
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", choices=PROTOCOLS, help="a named experiment (paper: the paper's word search, "
+                   "10 targets, 8 strategies, seeds 0,1,2, budget 1000); flags given beside it override it")
     p.add_argument("--task", default="wordsearch")
     p.add_argument("--targets", default="paper", help="named set or comma-separated targets")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -177,25 +443,38 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--out", default="bench/results/search")
     p.add_argument("--report-only", action="store_true", help="only aggregate what is already there")
-    args, args.extra = p.parse_known_args()
+    p.add_argument("--code-hash", help="report the runs of this code (a code_hash prefix, or 'older' for runs "
+                   "from before config.json recorded code) [the newest code with runs]")
+    protocol = p.parse_known_args(argv)[0].protocol
+    if protocol:
+        p.set_defaults(**PROTOCOLS[protocol])
+    args, args.extra = p.parse_known_args(argv)
     args.strategies = args.strategies.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    return args
+
+
+def main():
+    args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        print_estimate(args, out, expand_targets(Namespace(target=None, targets=args.targets),
+                                                 load_task_class(args.task)))
         for seed in args.seeds:
             for strategy in args.strategies:
                 run_sweep(args, strategy, seed, out / f"{strategy}-seed{seed}")
-    configs = list(out.glob("*-seed*/config.json"))
-    if not configs:
+    groups = sweeps_by_code(out)
+    if not groups:
         sys.exit(f"nothing to report in {out}")
-    targets = json.loads(configs[0].read_text())["targets"]
-    results = collect(args, out, targets)
-    print(write_table(results, out, args.threshold))
+    code = choose_code(groups, args.code_hash)
+    targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
+    results = collect(args, out, targets, groups[code])
+    print(write_table(results, out, args.threshold, code_note(groups, code)))
     write_target_table(results, out, targets)
     write_curves(results, out, args.budget, f"{args.task}: best so far vs evaluations ({len(targets)} targets, "
                                             f"seeds {','.join(map(str, args.seeds))})")
-    print(f"wrote {out}/table.md, table.csv, targets.md, curves.svg")
+    print(f"wrote {out}/table.md, table.csv, paired.csv, targets.md, curves.svg")
 
 
 if __name__ == "__main__":
