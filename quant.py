@@ -8,7 +8,8 @@ so on CPU it is bound by how weights are read, not by arithmetic. Two kinds are 
    (aten._weight_int4pack_mm_for_cpu, bfloat16 activations, bfloat16 scale and zero per group). When the model
    was loaded from a GGUF file whose linears are Q4_0/Q4_1, the file's own codes are used, so the only new error
    is bfloat16 rounding of activations, scales and zeros; other weights are re-quantised (min/max per group),
-   which adds more. The output head stays float32 ("packed"): the embedded model ships it as Q8_0.
+   which adds more. The output head and weights the kernel cannot take (N not a multiple of 16, K not of 32)
+   stay the model's own float32: the embedded model ships its head as Q8_0, not 4-bit.
 Rows above FAST_ROWS (a prompt's prefill) go through the model's own modules; so does every training pass.
 LoRA adapters are applied beside the fast base weight, in float32, read live from the LoRALinear modules.
 
@@ -25,8 +26,8 @@ from model import LoRALinear
 
 KINDS = ("auto", "model", "packed", "int4")
 GROUP = 32
-# Measured with 1 thread on the project's AVX2 CPU, all linears of SmolLM2-135M: int4 1.8x float32 at 1 row,
-# 1.3x at 10, 1.07x at 16; packed 1.3x at 10 and 1.2x at 16. A prefill of a whole prompt is left to the model.
+# Measured with 1 thread on the project's AVX2 CPU (no AVX-512), the block linears of SmolLM2-135M alone: int4
+# 1.8x float32 at 1 row, 1.3x at 10, about even at 16. A prefill of a whole prompt is left to the model.
 FAST_ROWS = 16
 
 
@@ -133,20 +134,20 @@ def _file_codes(model) -> dict:
 
 
 def _build(model, kind: str) -> dict:
-    """{full name: FastLinear} for `kind`; weights the kernel cannot take are left out (they stay as they are)."""
+    """{full name: FastLinear} for `kind`; linears left out stay as they are."""
     codes = _file_codes(model) if kind == "int4" else {}
     fast = {}
     for _, _, name, m in _linears(model):
         w = m.weight
         if w.dtype != torch.float32 or w.device.type != "cpu":
             continue
-        if kind == "int4" and name != "lm_head" and int4_fits(w):
+        if kind == "packed":
+            fast[name] = FastLinear(m, PackedWeight(w))
+        elif name != "lm_head" and int4_fits(w):
             q, scale, low = codes.get(name + ".weight", (None, None, None))
             if q is None or not torch.equal(dequantise_int4(q, scale, low), w):  # weights changed since loading
                 q, scale, low = quantise_int4(w)
             fast[name] = FastLinear(m, Int4Weight(q, scale, low))
-        else:
-            fast[name] = FastLinear(m, PackedWeight(w))
     return fast
 
 

@@ -7,19 +7,22 @@ One iteration, as migrate.py runs it minus the task:
 2. update: --mu AdamW steps (lr 5e-5) of the clipped GRPO loss (grpo.grpo_loss, eps 0.2/0.28) on a LoRA adapter
    (q_proj and v_proj, r=--lora-r, alpha=--lora-alpha) over those completions, with fixed random rewards;
    old log-probs are the detached log-probs of step 0, as in migrate.grpo_update.
-Ours: sampler.generate, then grpo.completion_logprobs (prompt run once for the group, fused chunked log-probs).
+Ours: sampler.generate (decode weights --sample-weights, default auto: int4 on CPU float32, see quant.py), then
+grpo.completion_logprobs (prompt run once for the group, fused chunked log-probs).
 HF: LlamaForCausalLM with our state dict (bench/sampler.py hf_copy) wrapped by peft's get_peft_model, sampling
 with generate, and the update the way TRL does it: full rows (prompt + completion) through the model with
 logits_to_keep = L + 1, log_softmax, gather, then the same grpo_loss. Both adapters start from the same A and
 B = 0; before timing, the per-token log-probs of one sampled group are checked to agree between the two.
 
-Each phase is timed with the clock read after a device synchronise; one warm-up iteration, then --repeats
+Each phase is timed with the clock read after a device synchronise (with --threads 1 the clock is this process's
+CPU time, which other jobs on a shared core do not inflate; else wall time); one warm-up iteration, then --repeats
 iterations alternating ours and HF; the table shows the BEST (minimum) of each column over the repeats, total
 included (min of sample + update per iteration). On CUDA it also prints each engine's peak memory during an
 iteration above the memory allocated at its start (KV cache, activations, logits; not weights or AdamW state).
 Needs an interpreter with transformers and peft (the reference venv); they are never a run-time dependency:
 
     OMP_NUM_THREADS=1 /tmp/refenv/bin/python bench/iteration.py --config tiny --threads 1
+    python bench/iteration.py --end-to-end /tmp/old-tree --repeats 2   # default migrate.py run, old vs this code
     OMP_NUM_THREADS=1 /tmp/refenv/bin/python bench/iteration.py --config smollm2 --threads 1 --group 4 \\
         --new-tokens 16 --repeats 1
     /tmp/refenv/bin/python bench/iteration.py --device cuda --config llama-1b --dtype bfloat16
@@ -94,7 +97,7 @@ def copy_adapter(model: Transformer, peft_model) -> None:
 def sample_ours(model, prompt, args, gen):
     model.eval()
     out = generate(model, [prompt] * args.group, args.new_tokens, temperature=1.0, eos_ids=(), generator=gen,
-                   compile=args.compile_sampler)
+                   compile=args.compile_sampler, weights=args.sample_weights)
     return torch.tensor(out.tokens, device=args.device)  # (G, N): every row has exactly N tokens
 
 
@@ -144,17 +147,52 @@ def timed_iteration(sample, train, device) -> dict:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    t0 = time.perf_counter()
+    t0 = clock()
     completions = sample()
     sync(device)
-    t1 = time.perf_counter()
+    t1 = clock()
     train(completions)
     sync(device)
-    t2 = time.perf_counter()
+    t2 = clock()
     r = dict(sample=t1 - t0, update=t2 - t1, total=t2 - t0)
     if device.startswith("cuda"):
         r["peak"] = torch.cuda.max_memory_allocated() - base
     return r
+
+
+def end_to_end(old_tree: str, repeats: int) -> None:
+    """`python migrate.py --task wordsearch --threads 1` (the default run) in old_tree and in this checkout,
+    alternating; prints CPU seconds (user + system of the run's process) and wall seconds of each, best of
+    repeats. The two runs sample different tokens once their samplers differ, so their searches (iterations
+    before an early stop, completion lengths) differ too: the iterations are printed beside the times."""
+    import os
+    import resource
+    import subprocess
+    import tempfile
+    trees = {"old": Path(old_tree).resolve(), "new": Path(__file__).resolve().parents[1]}
+    best = {k: (float("inf"), float("inf"), 0) for k in trees}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            with tempfile.TemporaryDirectory() as out:
+                before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                subprocess.run([sys.executable, "migrate.py", "--task", "wordsearch", "--threads", "1", "--quiet",
+                                "--out", out], cwd=tree, env=env, check=True, capture_output=True)
+                wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                log = next(Path(out).rglob("history.jsonl")).read_text().splitlines()
+                iters = len(log) - 1  # the first line is the warm start
+                best[name] = min(best[name], (cpu, wall, iters))
+                print(f"# {name}: {cpu:.1f} s CPU, {wall:.1f} s wall, {iters} iterations "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    (oc, ow, oi), (nc, nw, ni) = best["old"], best["new"]
+    print(f"end to end, default word search, 1 thread, best of {repeats}: old {oc:.1f} s CPU ({oi} it), "
+          f"new {nc:.1f} s CPU ({ni} it): {oc / nc:.2f}x CPU, {ow / nw:.2f}x wall (old: {trees['old']})")
+
+
+def clock():
+    """CPU time of this process with one thread (immune to other jobs' turns on a shared core), else wall time."""
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
 
 
 def main():
@@ -173,7 +211,12 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--compile-logprobs", action="store_true", help="our update with compiled=True")
     ap.add_argument("--compile-sampler", action="store_true", help="our sampler with compile=True")
+    ap.add_argument("--sample-weights", default="auto", help="our sampler's decode weights (quant.py) [auto]")
+    ap.add_argument("--end-to-end", metavar="OLD_TREE", help="instead: time the default migrate.py run of a checkout "
+                    "of older code (git worktree add /tmp/old-tree COMMIT) against this one")
     args = ap.parse_args()
+    if args.end_to_end:
+        return end_to_end(args.end_to_end, args.repeats)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
@@ -221,9 +264,10 @@ def main():
     print(f"# {args.config} ({n_params / 1e6:.1f}M params, {args.dtype}) on {dev}, {torch.get_num_threads()} threads;"
           f" G={args.group}, prompt {len(prompt)} + {args.new_tokens} new tokens, mu={args.mu}, LoRA r={args.lora_r}"
           f" alpha={args.lora_alpha}" + (", compiled log-probs" if args.compile_logprobs else "")
-          + (", compiled sampler" if args.compile_sampler else ""))
+          + (", compiled sampler" if args.compile_sampler else "") + f", sampler weights {args.sample_weights}")
     print(f"# log-probs before training agree: {'max' if args.dtype == 'float32' else 'mean'} |ours - hf| = "
-          f"{err:.1e}; best of {args.repeats} after 1 warm-up, seconds")
+          f"{err:.1e}; best of {args.repeats} after 1 warm-up, "
+          f"{'CPU seconds of this process' if torch.get_num_threads() == 1 else 'wall seconds'}")
     print(f"{'phase':>8} {'ours':>9} {'hf':>9} {'hf/ours':>8}")
     for k in ("sample", "update", "total"):
         a, b = min(r[k] for r in runs["ours"]), min(r[k] for r in runs["hf"])

@@ -164,12 +164,15 @@ def test_auto_is_int4_for_float32_on_cpu_only():
     assert quant.auto_kind(model.to(torch.bfloat16)) == "model"
 
 
-def test_unfit_shapes_keep_packed_float32():
-    # the kernel needs N % 16 == 0; tiny_model's vocabulary (97) head and any such linear stay float32
+def test_head_and_unfit_shapes_keep_the_model_weights():
+    # the kernel needs N % 16 == 0 and K % 32 == 0; those linears and the output head are not swapped
     model = tiny_model(7)
     model.model.layers[0].mlp.up_proj = nn.Linear(model.cfg.dim, 72, bias=False)
     model.model.layers[0].mlp.down_proj = nn.Linear(72, model.cfg.dim, bias=False)
     fast = quant._build(model, "int4")
-    assert isinstance(fast["model.layers.0.mlp.down_proj"].fast, PackedWeight)  # K = 72 is not a multiple of 32
+    assert "model.layers.0.mlp.down_proj" not in fast and "model.layers.0.mlp.up_proj" not in fast
+    assert "lm_head" not in fast
     assert isinstance(fast["model.layers.0.mlp.gate_proj"].fast, Int4Weight)
-    assert isinstance(fast["lm_head"].fast, PackedWeight)
+    with sampling_weights(model, "int4"):
+        assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
+        assert isinstance(model.model.layers[1].mlp.down_proj, quant.FastLinear)
