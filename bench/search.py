@@ -135,13 +135,16 @@ def calibrate(args, targets: list[str], strategy: str) -> dict[str, list[dict]]:
 def measured_timings(args, out: Path, targets: list[str], trains: dict[str, bool],
                      runs_left: dict[str, int]) -> tuple[dict[str, list[dict]], str]:
     """Timings of the runs of this code in --out, or of a calibration run when those cannot time what is left
-    (nothing timed, or training runs to do and no training iteration timed)."""
+    (nothing timed, or training runs to do and no training iteration timed). Also says where they come from."""
     found = {s: ts for s, ts in history_timings(out, code_version()["code_hash"]).items()
              if any(t["iterations"] for t in ts)}
     if found and (any(trains.get(s) for s in found) or not any(trains[s] for s in runs_left)):
-        return found, f"runs of this code in {out}"
-    strategy = next((s for s in args.strategies if trains[s]), args.strategies[0])
-    return calibrate(args, targets, strategy), f"a 2-iteration {strategy} calibration run"
+        return found, f"{sum(map(len, found.values()))} runs of this code in {out}"
+    training = [s for s in args.strategies if trains[s]]
+    strategy = "migrate" if "migrate" in training else (training or args.strategies)[0]
+    # other work on the machine slows the calibration, and so the estimate: say how busy it was
+    source = f"a {strategy} calibration run at load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    return calibrate(args, targets, strategy), source
 
 
 def print_estimate(args, out: Path, targets: list[str]) -> None:
@@ -157,11 +160,13 @@ def print_estimate(args, out: Path, targets: list[str]) -> None:
     sample = rate([t for s, ts in found.items() if not trains.get(s) for t in ts])
     sample = sample or rate([t for ts in found.values() for t in ts], "sampling_seconds")  # training less update
     warm = max(t["warm"] for ts in found.values() for t in ts)
+    iterations = sum(t["iterations"] for ts in found.values() for t in ts)
     seconds = estimate_seconds(runs_left, trains, {True: train or sample, False: sample}, args.budget, warm,
                                args.nproc)
     print(f"estimate: {duration(seconds)} for {sum(runs_left.values())} runs with {args.nproc} "
           f"process{'es' * (args.nproc > 1)} (measured: {per_iteration(train, 'training')}"
-          f"{per_iteration(sample, 'sampling-only')}from {source}; runs that stop early take less)", flush=True)
+          f"{per_iteration(sample, 'sampling-only')}over {iterations} iterations of {source}; runs that stop "
+          f"early take less)", flush=True)
 
 
 def per_iteration(r: tuple[float, float] | None, kind: str) -> str:
@@ -217,7 +222,7 @@ def code_note(groups: dict[str, list[Path]], code: str) -> str:
     if not left:
         return made + "."
     return (f"{made}. Left out: {sum(left.values())} runs of other code ("
-            + ", ".join(f"{n} {c if c in (OLDER, MIXED) else 'of ' + c}" for c, n in left.items()) + ").")
+            + ", ".join(f"{n} {c if c in (OLDER, MIXED) else 'of code ' + c}" for c, n in left.items()) + ").")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -443,6 +448,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--out", default="bench/results/search")
     p.add_argument("--report-only", action="store_true", help="only aggregate what is already there")
+    p.add_argument("--estimate-only", action="store_true", help="print the wall-time estimate and stop")
     p.add_argument("--code-hash", help="report the runs of this code (a code_hash prefix, or 'older' for runs "
                    "from before config.json recorded code) [the newest code with runs]")
     protocol = p.parse_known_args(argv)[0].protocol
@@ -461,6 +467,8 @@ def main():
     if not args.report_only:
         print_estimate(args, out, expand_targets(Namespace(target=None, targets=args.targets),
                                                  load_task_class(args.task)))
+        if args.estimate_only:
+            return
         for seed in args.seeds:
             for strategy in args.strategies:
                 run_sweep(args, strategy, seed, out / f"{strategy}-seed{seed}")

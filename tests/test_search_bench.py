@@ -1,15 +1,29 @@
-"""bench/search.py's aggregation on hand-made run folders: the best-so-far curve, the table and the per-target
-table, checked against values worked out by hand."""
+"""bench/search.py on hand-made run folders: the best-so-far curve, the tables, the paired statistics, the choice
+of one code version and the wall-time estimate, each checked against values worked out by hand."""
 import json
+import os
 from argparse import Namespace
 
-from bench.search import collect, curve, write_table, write_target_table
+import pytest
+
+import bench.search as search
+from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_note, collect, curve,
+                          estimate_seconds, paired_differences, parse_args, sign_test, sweeps_by_code, timings,
+                          verdict, wilson, wins_ties_losses, write_table, write_target_table)
 
 
 def fake_run(folder, records, best, solved=False):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "best.json").write_text(json.dumps(dict(best_score=best, solved=solved)))
+
+
+def fake_config(sweep, code=None, strategy="grpo", targets=("cat",), **extra):
+    sweep.mkdir(parents=True, exist_ok=True)
+    config = dict(settings=dict(strategy=strategy), targets=list(targets), **extra)
+    if code:
+        config["code"] = code
+    (sweep / "config.json").write_text(json.dumps(config))
 
 
 def test_curve_is_best_so_far_per_evaluation(tmp_path):
@@ -28,22 +42,163 @@ def test_tables_average_over_targets_and_seeds(tmp_path):
     results = collect(args, tmp_path, ["cat", "dog"])
     assert set(results) == {"grpo"}  # random has no runs: left out rather than shown as zeros
     text = write_table(results, tmp_path, 0.5)
-    # bests 0.2, 0.6, 0.4, 1.0: mean 0.55, sample std 0.342; seed means 0.4 and 0.7: std 0.212;
-    # the threshold 0.5 is first reached at evaluation 3 by the two "dog" runs
-    assert "| grpo | 4 | 0.550 ± 0.342 | 0.212 | 0.25 | 3.0 | 2/4 | - | - |" in text
+    # bests 0.2, 0.6, 0.4, 1.0: mean 0.55, sample std 0.342; seed means 0.4 and 0.7: std 0.212; 1 of 4 solved,
+    # Wilson with z^2 = 3.8416: centre (0.25 + 0.4802) / 1.9604 = 0.3725, half 1.96 * sqrt(0.046875 + 0.060025)
+    # / 1.9604 = 0.3269, so [0.05, 0.70]; the threshold 0.5 is first reached at evaluation 3 by the "dog" runs
+    assert "| grpo | 4 | 0.550 ± 0.342 | 0.212 | 0.25 [0.05, 0.70] | 3.0 | 2/4 |" in text
+    assert "| reference |" not in text  # nothing to pair with
     write_target_table(results, tmp_path, ["cat", "dog"])
     assert (tmp_path / "targets.md").read_text().splitlines()[2:] == ["| cat | 0.300 |", "| dog | 0.800 |"]
 
 
-def test_paired_comparison_against_random(tmp_path):
+def paired_folders(tmp_path):
     # grpo against random on the same (seed, target): 0.5 > 0.4 win, 0.3 = 0.3 tie, 0.2 < 0.6 loss;
     # grpo's seed-1 "dog" run has no random partner and is left out of the pairs
     for strategy, bests in [("random", {(0, "cat"): 0.4, (0, "dog"): 0.3, (1, "cat"): 0.6}),
                             ("grpo", {(0, "cat"): 0.5, (0, "dog"): 0.3, (1, "cat"): 0.2, (1, "dog"): 0.9})]:
         for (seed, target), b in bests.items():
             fake_run(tmp_path / f"{strategy}-seed{seed}" / target, [dict(evaluations=1, best_score=b)], b)
-    args = Namespace(strategies=["random", "grpo"], seeds=[0, 1], budget=2, threshold=0.8)
-    lines = write_table(collect(args, tmp_path, ["cat", "dog"]), tmp_path, 0.8).splitlines()
-    assert lines[2].endswith("| 0.00 | - | 0/3 | - | 1/1/1 |")  # none reached 0.8; random against grpo: mirrored
-    assert lines[3].endswith("| 1/1/1 | - |")
-    assert (tmp_path / "table.csv").read_text().splitlines()[2].endswith(",1/1/1,")
+    return collect(Namespace(strategies=["random", "grpo"], seeds=[0, 1], budget=2, threshold=0.8), tmp_path,
+                   ["cat", "dog"])
+
+
+def test_paired_differences_and_wins_ties_losses(tmp_path):
+    results = paired_folders(tmp_path)
+    diffs = paired_differences(results["grpo"], results["random"])
+    assert diffs == pytest.approx([0.1, 0.0, -0.4])  # ordered (0, cat), (0, dog), (1, cat)
+    assert wins_ties_losses(diffs) == (1, 1, 1)
+    assert wins_ties_losses([1e-7, -1e-7, 2e-6]) == (1, 2, 0)  # float32 last-bit differences are ties
+
+
+def test_paired_table(tmp_path):
+    text = write_table(paired_folders(tmp_path), tmp_path, 0.8)
+    # mean diff (0.1 + 0 - 0.4) / 3 = -0.1; a resample of three pairs is all -0.4 (or all 0.1) with probability
+    # 1/27 = 3.7 % > 2.5 %, so the percentile interval is the extremes [-0.4, 0.1]; sign test 1 win, 1 loss: p = 1
+    assert "| grpo | random | 3 | -0.100 | [-0.400, +0.100] | 1.000 | 1/1/1 | not distinguishable |" in text
+    assert "| random | grpo |" not in text  # each pair of strategies once
+    # seed means 0.35 and 0.6: std 0.177; 0 of 3 solved: Wilson [0, 2 * (3.8416 / 6) / (1 + 3.8416 / 3)] = [0, 0.56]
+    assert text.splitlines()[2] == "| random | 3 | 0.433 ± 0.153 | 0.177 | 0.00 [0.00, 0.56] | - | 0/3 |"
+    assert (tmp_path / "paired.csv").read_text().splitlines()[1].startswith("grpo,random,3,")
+
+
+def test_bootstrap_interval():
+    diffs = [0.3, -0.1, 0.2, 0.05, 0.4, -0.2, 0.1, 0.0]
+    lo, hi = bootstrap_interval(diffs)
+    assert lo < sum(diffs) / len(diffs) < hi
+    assert bootstrap_interval(diffs) == (lo, hi)  # fixed seed: reproducible
+    # two pairs 0 and 1: a resample's mean is 0, 0.5 or 1 with probability 1/4, 1/2, 1/4
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
+    assert bootstrap_interval([0.0] * 5) == (0.0, 0.0)
+    assert verdict(bootstrap_interval([0.0] * 5), sign_test(0, 0)) == "not distinguishable"
+
+
+def test_sign_test_against_binomial_sums():
+    assert sign_test(0, 0) == 1.0  # all ties
+    assert sign_test(1, 1) == 1.0  # 2 * (1 + 2) / 4 = 1.5, capped at 1
+    assert sign_test(8, 0) == 2 / 256
+    assert sign_test(1, 9) == 2 * (1 + 10) / 1024
+    # 14 against 16: 2 * sum_{i<=14} C(30, i) / 2^30 = (2^30 - C(30, 15)) / 2^30 = 918624304 / 1073741824
+    assert sign_test(14, 16) == pytest.approx(918624304 / 1073741824)
+
+
+def test_verdict_needs_the_interval_and_the_sign_test():
+    assert verdict((0.01, 0.2), 0.01) == "better"
+    assert verdict((-0.2, -0.01), 0.01) == "worse"
+    assert verdict((-0.01, 0.2), 0.01) == "not distinguishable"  # the interval holds 0
+    assert verdict((0.1, 0.2), 0.5) == "not distinguishable"  # e.g. two pairs: a narrow interval, no evidence
+
+
+def test_wilson_interval():
+    # 1 of 30: p = 1/30, z^2/n = 0.128053; centre (0.033333 + 0.064027) / 1.128053 = 0.086308;
+    # half 1.96 * sqrt(0.033333 * 0.966667 / 30 + 3.8416 / 3600) / 1.128053 = 0.080400
+    assert wilson(1, 30) == pytest.approx((0.005908, 0.166708), abs=1e-5)
+    # 0 of 30: centre = half = (3.8416 / 60) / 1.128053 = 0.056759, so [0, 0.113517]
+    assert wilson(0, 30) == pytest.approx((0.0, 0.113517), abs=1e-5)
+
+
+def test_report_reads_one_code_version(tmp_path):
+    a = dict(commit="1111111aaaa", dirty=False, code_hash="aaaa")
+    b = dict(commit="2222222bbbb", dirty=True, code_hash="bbbb")
+    for sweep, code, runs, extra in [("grpo-seed0", a, 2, {}), ("grpo-seed1", b, 1, {}), ("ns-seed0", None, 3, {}),
+                                     ("random-seed0", a, 1, dict(resumed_with=[b]))]:
+        fake_config(tmp_path / sweep, code, **extra)
+        for i in range(runs):
+            fake_run(tmp_path / sweep / f"t{i}", [dict(evaluations=1, best_score=0.5)], 0.5)
+    os.utime(tmp_path / "grpo-seed0" / "config.json", (1000, 1000))
+    os.utime(tmp_path / "grpo-seed1" / "config.json", (2000, 2000))  # bbbb started last: the newest
+    groups = sweeps_by_code(tmp_path)
+    assert {c: [d.name for d in ds] for c, ds in groups.items()} == {
+        "aaaa": ["grpo-seed0"], "bbbb": ["grpo-seed1"], OLDER: ["ns-seed0"], MIXED: ["random-seed0"]}
+    assert choose_code(groups) == "bbbb"
+    assert choose_code(groups, "aa") == "aaaa"
+    assert choose_code(groups, "older") == OLDER
+    assert choose_code({OLDER: groups[OLDER], MIXED: groups[MIXED]}) == OLDER  # no recorded code: report the old
+    assert code_note(groups, "bbbb") == ("Code: 2222222 (dirty), code hash bbbb. Left out: 6 runs of other code "
+                                         "(2 of code aaaa, 3 older code, 1 mixed code).")
+    args = Namespace(strategies=["grpo"], seeds=[0, 1], budget=2, threshold=0.8)
+    assert [r["seed"] for r in collect(args, tmp_path, ["t0", "t1"], groups["bbbb"])["grpo"]] == [1]
+
+
+def timed_history(folder, times, evaluations, warm=20):
+    """A run's history: the warm start, then one record per (sample, score, update) seconds."""
+    records = [dict(iteration=0, evaluations=warm, best_score=0.1)]
+    records += [dict(iteration=i + 1, evaluations=e, best_score=0.1, time_sample=s, time_score=c, time_update=u)
+                for i, ((s, c, u), e) in enumerate(zip(times, evaluations))]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder / "history.jsonl"
+
+
+def test_timings_and_estimate_arithmetic(tmp_path):
+    h = timed_history(tmp_path, [(4, 0.5, 5.5), (3, 0.5, 6.5)], [35, 50])
+    assert timings(h) == dict(iterations=2, evaluations=30, seconds=20.0, sampling_seconds=8.0, warm=20)
+    # budget 110 less the warm start's 20: migrate ceil(90 / 15) = 6 iterations of 10 s, 3 runs = 180 s; random
+    # ceil(90 / 20) = 5 iterations of 4 s, 2 runs = 40 s; 220 s over 2 processes
+    rates = {True: (10.0, 15.0), False: (4.0, 20.0)}
+    assert estimate_seconds({"migrate": 3, "random": 2}, {"migrate": True, "random": False}, rates, 110, 20, 2) == 110
+    assert search.duration(110) == "2 min" and search.duration(7.4 * 3600) == "7.4 h"
+
+
+def test_estimate_line_from_runs_of_this_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(search, "code_version", lambda: dict(commit="c", dirty=False, code_hash="now"))
+    code = dict(commit="c", dirty=False, code_hash="now")
+    fake_config(tmp_path / "migrate-seed0", code, "migrate", ["cat", "dog"])
+    fake_config(tmp_path / "random-seed0", code, "random", ["cat", "dog"])
+    fake_config(tmp_path / "ns-seed0", None, "ns", ["cat", "dog"])  # older code: its times do not count
+    timed_history(tmp_path / "migrate-seed0" / "cat", [(4, 0.5, 5.5), (3, 0.5, 6.5)], [35, 50])
+    (tmp_path / "migrate-seed0" / "cat" / "best.json").write_text("{}")  # finished: not to run again
+    timed_history(tmp_path / "random-seed0" / "cat", [(3.5, 0.5, 0.0)], [40])  # still running
+    timed_history(tmp_path / "ns-seed0" / "cat", [(100, 0, 0)], [21])
+    args = Namespace(task="wordsearch", strategies=["random", "migrate"], seeds=[0, 1], budget=110, nproc=2)
+    search.print_estimate(args, tmp_path, ["cat", "dog"])
+    # runs left: random 4, migrate 3; 3 * 6 * 10 s + 4 * 5 * 4 s = 260 s over 2 processes = 130 s
+    assert capsys.readouterr().out == (
+        "estimate: 2 min for 7 runs with 2 processes (measured: 10.0 s per training iteration of 15.0 "
+        "evaluations, 4.0 s per sampling-only iteration of 20.0 evaluations, over 3 iterations of 2 runs of this "
+        f"code in {tmp_path}; runs that stop early take less)\n")
+
+
+def test_estimate_calibrates_when_nothing_is_timed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(search, "code_version", lambda: dict(commit="c", dirty=False, code_hash="now"))
+    called = []
+
+    def fake_calibrate(args, targets, strategy):
+        called.append((targets, strategy))
+        return {strategy: [timings(timed_history(tmp_path / "scratch", [(4, 0.5, 5.5), (3, 0.5, 6.5)], [35, 50]))]}
+    monkeypatch.setattr(search, "calibrate", fake_calibrate)
+    args = Namespace(task="wordsearch", strategies=["random", "migrate"], seeds=[0], budget=110, nproc=1)
+    search.print_estimate(args, tmp_path / "out", ["cat"])
+    assert called == [(["cat"], "migrate")]  # a training strategy: its iterations time sampling too
+    # a sampling-only iteration is timed as a training one less its update: 8 s / 2 = 4 s of 15 evaluations;
+    # random ceil(90 / 15) = 6 * 4 s + migrate 6 * 10 s = 84 s
+    assert capsys.readouterr().out.startswith(
+        "estimate: 1 min for 2 runs with 1 process (measured: 10.0 s per training iteration of 15.0 evaluations, "
+        "4.0 s per sampling-only iteration of 15.0 evaluations, over 2 iterations of a migrate calibration run at load ")
+
+
+def test_protocol_paper_sets_defaults_that_flags_override():
+    args = parse_args(["--protocol", "paper", "--nproc", "2", "--lr", "5e-4"])
+    assert (args.task, args.targets, args.seeds, args.budget) == ("wordsearch", "paper", [0, 1, 2], 1000)
+    assert len(args.strategies) == 8 and args.nproc == 2 and args.extra == ["--lr", "5e-4"]
+    assert parse_args(["--protocol", "paper", "--seeds", "0"]).seeds == [0]
+    assert parse_args([]).budget == 200
