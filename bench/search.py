@@ -195,15 +195,20 @@ def sweeps_by_code(out: Path) -> dict[str, list[Path]]:
     return groups
 
 
+def finished(sweeps: list[Path]) -> int:
+    """How many runs in these sweep folders reached their end (best.json)."""
+    return sum(len(list(d.glob("*/best.json"))) for d in sweeps)
+
+
 def choose_code(groups: dict[str, list[Path]], wanted: str | None = None) -> str:
     """The code whose runs are reported: `wanted` (a code_hash or its prefix, or 'older'/'mixed'), else the
-    newest code with runs (its latest sweep's config.json written last), else the older code."""
+    newest code with finished runs (its latest sweep's config.json written last), else the older code."""
     if wanted:
         match = [c for c in groups if c.startswith(wanted) or c == f"{wanted} code"]
         if len(match) != 1:
             sys.exit(f"--code-hash {wanted} matches {len(match)} of the codes here: {', '.join(groups)}")
         return match[0]
-    hashed = [c for c in groups if c not in (OLDER, MIXED)]
+    hashed = [c for c, ds in groups.items() if c not in (OLDER, MIXED) and finished(ds)]
     if hashed:
         return max(hashed, key=lambda c: max((d / "config.json").stat().st_mtime for d in groups[c]))
     return OLDER if OLDER in groups else MIXED
@@ -217,7 +222,7 @@ def code_note(groups: dict[str, list[Path]], code: str) -> str:
         commits = sorted({(c["commit"] or "no git")[:7] + " (dirty)" * bool(c["dirty"])
                           for c in (json.loads((d / "config.json").read_text())["code"] for d in groups[code])})
         made = f"Code: {', '.join(commits)}, code hash {code}"
-    left = {c: sum(len(list(d.glob("*/best.json"))) for d in ds) for c, ds in groups.items() if c != code}
+    left = {c: finished(ds) for c, ds in groups.items() if c != code}
     left = {c: n for c, n in left.items() if n}
     if not left:
         return made + "."

@@ -130,6 +130,8 @@ def test_report_reads_one_code_version(tmp_path):
     assert {c: [d.name for d in ds] for c, ds in groups.items()} == {
         "aaaa": ["grpo-seed0"], "bbbb": ["grpo-seed1"], OLDER: ["ns-seed0"], MIXED: ["random-seed0"]}
     assert choose_code(groups) == "bbbb"
+    fake_config(tmp_path / "opro-seed0", dict(commit="3333333", dirty=False, code_hash="cccc"))
+    assert choose_code(sweeps_by_code(tmp_path)) == "bbbb"  # cccc started last but has no finished run yet
     assert choose_code(groups, "aa") == "aaaa"
     assert choose_code(groups, "older") == OLDER
     assert choose_code({OLDER: groups[OLDER], MIXED: groups[MIXED]}) == OLDER  # no recorded code: report the old
