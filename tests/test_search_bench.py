@@ -195,7 +195,8 @@ def test_estimate_calibrates_when_nothing_is_timed(tmp_path, monkeypatch, capsys
     # random ceil(90 / 15) = 6 * 4 s + migrate 6 * 10 s = 84 s
     assert capsys.readouterr().out.startswith(
         "estimate: 1 min for 2 runs with 1 process (measured: 10.0 s per training iteration of 15.0 evaluations, "
-        "4.0 s per sampling-only iteration of 15.0 evaluations, over 2 iterations of a migrate calibration run at load ")
+        "4.0 s per sampling-only iteration of 15.0 evaluations, over 2 iterations of a migrate calibration run "
+        "at load ")
 
 
 def test_protocol_paper_sets_defaults_that_flags_override():
