@@ -111,7 +111,8 @@ class FastLinear(nn.Module):
         y = self.fast(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1).to(x.dtype)
         if m.bias is not None:
             y = y + m.bias
-        if isinstance(m, LoRALinear) and not m.disabled:  # the adapter beside the frozen base, in float32
+        # The adapter beside the frozen base, in float32; no dropout (sampling runs in eval mode).
+        if isinstance(m, LoRALinear) and not m.disabled:
             y = y + F.linear(F.linear(x.float(), m.lora_A), m.lora_B).to(x.dtype) * m.scale
         return y
 
