@@ -710,13 +710,13 @@ def explain_scores(out: Path, targets: list[str], task_cls) -> str:
 
 def cpu_demo(s: Settings, args, d) -> str:
     """On CPU, unless --full, --iterations or --budget was given: the task's demo settings (fewer iterations,
-    shorter answers) so that a first run ends in minutes. Returns the note that says so, and how to get the
-    paper's settings."""
+    shorter answers, a smaller update micro-batch: the same update in less memory) so that a first run ends in
+    minutes on a laptop; a flag the user gave wins. Returns the note that says so, and how to get the paper's."""
     if s.device != "cpu" or args.full or args.iterations is not None or args.budget is not None:
         return ""
-    s.iterations = d.extra.get("demo_iterations", s.iterations)
-    if args.max_new_tokens is None:
-        s.max_new_tokens = d.extra.get("demo_max_new_tokens", s.max_new_tokens)
+    for name in ("iterations", "max_new_tokens", "micro_batch"):
+        if getattr(args, name) is None and f"demo_{name}" in d.extra:
+            setattr(s, name, d.extra[f"demo_{name}"])
     if (s.iterations, s.max_new_tokens) == (d.iterations, d.max_new_tokens):
         return ""
     return (f"\nthis is the CPU demo; the paper's {d.iterations} iterations of {d.max_new_tokens} tokens: --full "

@@ -235,7 +235,7 @@ class ArcTask(tasks.Task):
         presets=tasks.paper_presets(16, greedy=(15, 1, 0), migrate=(11, 1, 4), baseline_ns=(12, 0, 4)),
         topk=1, mu=1, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64,
         # CPU demo (migrate.py --full for the above): a few iterations of short programs show the pipeline
-        extra={"demo_iterations": 2, "demo_max_new_tokens": 256,
+        extra={"demo_iterations": 2, "demo_max_new_tokens": 256, "demo_micro_batch": 4,  # 4 GB, not 8
                "score_meaning": "best score: the best program's mean accuracy on the task's train pairs, 1.0 = all "
                                 "right (solved = every train pair right); pass@2, the paper's measure: one of the "
                                 "two most-voted test outputs of the solving programs is right"})

@@ -220,3 +220,11 @@ def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
     assert (s.iterations, s.max_new_tokens, note) == (d.iterations, d.max_new_tokens, "")
     s, _ = settings("--iterations", "7")  # a count the user chose is kept, and with it the paper's length
     assert (s.iterations, s.max_new_tokens) == (7, d.max_new_tokens)
+    s, _ = settings("--max-new-tokens", "50")  # a demo still, with the length the user gave
+    assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], 50)
+    arc = task_class("arc")
+    args = migrate.build_parser().parse_args(["--task", "arc"])
+    s = migrate.resolve_settings(args, arc)
+    s.device = "cpu"
+    migrate.cpu_demo(s, args, arc.defaults)
+    assert s.micro_batch == arc.defaults.extra["demo_micro_batch"] > 0  # less memory, the same update
