@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ import torch
 
 import migrate
 import rundir
-from history import History, Islands
-from tests.test_loop import FruitTask, scripted, setup  # noqa: F401  (scripted is a fixture)
+from history import Entry, History, Islands
+from tests.test_loop import scripted, setup  # noqa: F401  (scripted is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,22 +108,22 @@ def test_state_is_plain_data_and_resumes_to_the_unbroken_history(scripted, tmp_p
 
 
 class Payload:
+    """Unpickled without weights_only, this runs a shell command (it touches a file)."""
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, (f"touch {MARKER}",))
-
-
-MARKER = Path("/tmp/migrate-test-payload-ran")
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_a_state_file_that_would_run_code_is_refused(scripted, tmp_path, monkeypatch):
-    s, task, policy = interrupted_run(tmp_path, monkeypatch)
-    MARKER.unlink(missing_ok=True)
-    blob = torch.load(tmp_path / "state.pt", weights_only=True)
-    blob["history"] = Payload()
-    torch.save(blob, tmp_path / "state.pt")
+    s, task, policy = interrupted_run(tmp_path / "run", monkeypatch)
+    blob = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    blob["history"] = Payload(tmp_path / "payload-ran")
+    torch.save(blob, tmp_path / "run" / "state.pt")
     with pytest.raises(rundir.RunFolderError, match="state.pt is damaged"):
-        migrate.search(s, tmp_path, policy, task, quiet=True)
-    assert not MARKER.exists()
+        migrate.search(s, tmp_path / "run", policy, task, quiet=True)
+    assert not (tmp_path / "payload-ran").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
@@ -144,17 +143,12 @@ def test_a_state_file_of_the_old_format_still_resumes(scripted, tmp_path, monkey
     s, task, policy = interrupted_run(tmp_path / "stopped", monkeypatch)
     path = tmp_path / "stopped" / "state.pt"
     blob = torch.load(path, weights_only=True)
-    entries = {e["candidate"]: rundir_entry(e) for e in blob["history"]["entries"]}
+    entries = {e["candidate"]: Entry(**e) for e in blob["history"]["entries"]}
     blob["history"] = History(blob["history"]["budget"], entries, blob["history"]["evaluations"])
     blob["islands"] = Islands(**blob["islands"])
     torch.save(blob, path)
     migrate.search(s, tmp_path / "stopped", policy, task, quiet=True)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
-
-
-def rundir_entry(e):
-    from history import Entry
-    return Entry(**e)
 
 
 # -- history.jsonl -----------------------------------------------------------------------------------------
