@@ -5,8 +5,8 @@ Scheme (gpt-fast / nanochat style):
    prompt token sits in the same cache slot P-1 and generated token t goes to slot P+t for all rows. Each row
    keeps its own rotary positions (0 at its first real token) and a key mask hides its padding slots.
 2. The prefilled cache rows are copied into a decode cache of B = len(prompts) rows, one per request.
-3. Decoding runs one token per step for all live rows: sample, write, forward. Every `check_every` steps the
-   host looks at the new tokens (the only synchronisation): a row ends at its first EOS id or when its decoded
+3. Decoding runs one token per step for all live rows: sample, write, forward. Every `check_every` steps (every
+   step on CPU, every 8 on a GPU) the host looks at the new tokens (the only synchronisation): a row ends at its first EOS id or when its decoded
    text contains a stop string; finished rows are then dropped from the batch (cache rows included), and the
    loop ends when no row is left.
 Sampling is inverse-CDF: one uniform per row from the given torch.Generator, located in the running sum of the
@@ -101,10 +101,14 @@ def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
-             eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=8,
+             eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=None,
              weights="model") -> Samples:
     """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring.
-    weights: "model" (the model's own), or "packed" / "int4" base weights for the decode steps (quant.py)."""
+    weights: "model" (the model's own), or "packed" / "int4" base weights for the decode steps (quant.py).
+    check_every: steps between looks at the new tokens; None = every step on CPU, where reading them costs no
+    device synchronisation and a finished row stops costing steps at once, else every 8 steps."""
+    if check_every is None:
+        check_every = 1 if model.lm_head.weight.device.type == "cpu" else 8
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
     if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1 or check_every < 1:

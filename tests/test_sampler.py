@@ -212,3 +212,20 @@ def test_a_static_batch_keeps_finished_rows_out_of_the_output(monkeypatch):
     assert static.tokens == shrinking.tokens and static.finish == shrinking.finish
     assert {"eos", "stop"} <= set(static.finish)
     assert [len(t) for t in static.logprobs] == [len(t) for t in static.tokens]
+
+
+def test_on_cpu_a_finished_batch_stops_at_once():
+    # Default check_every on CPU is every step: when every row has hit EOS no further decode step runs (with
+    # check_every=8 the loop would run to the end of its window first). Counted by the forwards of one token.
+    model = tiny_model(10, tie_embeddings=False)
+    full = generate(model, [[1, 2, 3]] * 3, 12, temperature=0)
+    eos = full.tokens[0][2]
+    n = full.tokens[0].index(eos) + 1  # tokens up to and including the first EOS
+    steps = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: steps.append(i[0].shape[1]))
+    for check_every, decode_steps in ((None, n - 1), (8, 7)):
+        steps.clear()
+        out = generate(model, [[1, 2, 3]] * 3, 12, temperature=0, eos_ids={eos}, check_every=check_every)
+        assert out.tokens == [full.tokens[0][:n]] * 3
+        assert steps.count(1) == decode_steps  # the first token comes from the prefill
+    hook.remove()
