@@ -251,16 +251,18 @@ def _lora_model_with_signal():
     return model.train(), params
 
 
-def test_completion_logprobs_equal_full_rows_values_and_lora_gradients():
-    """The shared-prompt path is an exact rewrite: same log-probs and same adapter gradients as running the
-    prompt + completion rows in full (ragged completions, right-padded)."""
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_completion_logprobs_equal_full_rows_values_and_lora_gradients(share_prompt):
+    """Both paths are exact rewrites of policy_logprobs: same log-probs and same adapter gradients as running
+    the prompt + completion rows in full (ragged completions, right-padded). The prompt (7) is longer than the
+    completions (5), so share_prompt=None would share it on any device."""
     model, params = _lora_model_with_signal()
     g = torch.Generator().manual_seed(5)
     prompt = torch.randint(0, 97, (7,), generator=g)
     completions = torch.randint(1, 97, (3, 5), generator=g)
     completions[1, 3:] = 0  # padding, as pad_completions leaves it
     up = torch.randn(3, 5, generator=g)
-    got = completion_logprobs(model, prompt, completions, chunk_tokens=4)
+    got = completion_logprobs(model, prompt, completions, chunk_tokens=4, share_prompt=share_prompt)
     got_grads = torch.autograd.grad((got * up).sum(), params)
     rows = torch.cat([prompt.expand(3, -1), completions], dim=1)  # (3, 12)
     want = policy_logprobs(model, rows)[:, 6:]  # index j predicts token j + 1: completions start at 7
