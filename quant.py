@@ -27,8 +27,9 @@ from model import LoRALinear
 KINDS = ("auto", "model", "packed", "int4")
 GROUP = 32
 # Measured with 1 thread on the project's AVX2 CPU (no AVX-512), the block linears of SmolLM2-135M alone: int4
-# 1.8x float32 at 1 row, 1.3x at 10, about even at 16. A prefill of a whole prompt is left to the model.
-FAST_ROWS = 16
+# 1.8x float32 at 1 row, 1.3x at 10, about even at 16 (whole sampler at 16 rows: 0.95x, twice), so from 13 rows
+# on, and for a prefill of a whole prompt, the model's own weights serve.
+FAST_ROWS = 12
 
 
 # ------------------------------------------------------------------------------------------- int4 codes
