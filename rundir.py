@@ -1,7 +1,7 @@
 """The files of one run, and the state that makes it resumable.
 
-A run folder holds config.json (written by migrate.py), .lock (the pid of the process running it) and, per
-target: state.pt (everything needed to continue exactly, replaced atomically after every iteration and deleted
+A run folder holds config.json (prepare_out_dir: settings, targets and the code that ran), .lock (the pid of the
+process running it) and, per target: state.pt (everything needed to continue exactly, replaced atomically after every iteration and deleted
 once best.json is written), history.jsonl (one record per iteration), best.json, adapter.safetensors and
 plot.svg. A sweep folder adds summary.md and summary.csv. Nothing here knows the algorithm: migrate.py decides
 what goes into a record, this file only keeps it safe on disk and refuses, in one line, what it cannot trust.
@@ -12,8 +12,11 @@ import hashlib
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from settings import UsageError
 
 
 class RunFolderError(Exception):
@@ -254,3 +257,58 @@ def code_version(root: Path = Path(__file__).resolve().parent) -> dict:
     except (OSError, subprocess.SubprocessError):  # no git: the hash still identifies the code
         pass
     return dict(commit=commit, dirty=dirty, code_hash=h.hexdigest()[:16])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config.json: a new run writes it; --resume reads it back and refuses other settings.
+
+def prepare_out_dir(out: Path, resume: bool, settings: dict, targets: list[str]) -> Path:
+    """Lock the run folder, then write config.json for a new run, or check it for --resume. Only a folder whose
+    search has saved its state is taken: one left by a start that failed (bad --model, failed download) is
+    simply reused by the next command, which may then change any setting."""
+    config = dict(settings=settings, targets=targets, code=code_version())
+    if resume:
+        saved = read_config(out)  # before the lock: a folder that is no run folder is not created or touched
+        lock_folder(out)
+        if started(out, saved["targets"]):
+            check_same_settings(out, saved, config)
+            note_resuming_code(out, saved, config["code"])
+            return out
+    else:
+        lock_folder(out)
+        saved = read_config(out) if (out / "config.json").exists() else None
+        if saved and started(out, saved["targets"]):
+            plain = json.loads(json.dumps(config))  # as config.json reads back (tuples become lists)
+            if (saved["settings"], saved["targets"]) == (plain["settings"], plain["targets"]):  # code may differ
+                raise UsageError(f"{out} already holds this run; continue it with --resume {out}")
+            raise UsageError(f"{out} holds a run with other settings; choose another --out")
+    atomic_write(out / "config.json", json.dumps(config, indent=1))
+    return out
+
+
+def note_resuming_code(out: Path, saved: dict, code: dict) -> None:
+    """Resuming with other code mixes two versions in one run: say so once, and record it in config.json."""
+    if saved.get("code", {}).get("code_hash") == code["code_hash"]:
+        return
+    was = saved.get("code", {}).get("commit") or "before commits were recorded"
+    print(f"migrate.py: warning: {out} was started by other code ({was}); its results now mix two versions",
+          file=sys.stderr)
+    saved.setdefault("resumed_with", []).append(code)
+    atomic_write(out / "config.json", json.dumps(saved, indent=1))
+
+
+def check_same_settings(out: Path, saved: dict, config: dict) -> None:
+    given = {k: v for k, v in json.loads(json.dumps(config["settings"])).items() if k != "target"}
+    # a setting missing from the saved config was added to the code after the run began: it takes its value
+    differs = [k for k, v in given.items() if k in saved["settings"] and saved["settings"][k] != v]
+    if differs:
+        k = differs[0]
+        raise UsageError(f"{out} was run with {k}={saved['settings'].get(k)!r}, not {given[k]!r}; "
+                         "resume with the same settings or choose another --out")
+
+
+def read_config(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{out} is not a run folder (no readable config.json)")

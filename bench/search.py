@@ -38,7 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from migrate import STRATEGIES, expand_targets, load_task_class  # noqa: E402
+from cli import expand_targets, load_task_class  # noqa: E402
+from migrate import STRATEGIES  # noqa: E402
 from rundir import code_version, slug  # noqa: E402
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]

@@ -7,7 +7,7 @@ A candidate is a canonical string (lower-cased word, canonical SMILES, program s
 several candidates (the word-search prompt asks for two words); its reward is the best score among them, 0 if
 none parses. Scores are in [0, 1] and `solved_score` (1.0) means the problem is solved.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -48,20 +48,28 @@ def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, 
     }
 
 
-@dataclass
 class TaskDefaults:
-    """The paper's settings for one task (DESIGN.md table); command-line flags override them."""
-    presets: dict[str, Preset]  # strategy name -> group composition
-    topk: int = 3  # seed pool size for NS / greedy
-    mu: int = 2  # optimiser steps per group
-    lr: float = 5e-5
-    lora_r: int = 64
-    lora_alpha: int = 16
-    max_new_tokens: int = 64
-    iterations: int = 100
-    temperature: float = 1.0
-    pack: bool = False  # alpha and gamma count candidates, packed into answers of `answer_size` (Task.pack)
-    extra: dict = field(default_factory=dict)
+    """A task's numbers: its strategies' group compositions (`presets`), overrides of `settings.Settings`' defaults
+    by field name (the paper's lr, LoRA rank, completion length, iterations, ...), and `extra` facts the entry
+    point reads (CPU demo settings, what the score means)."""
+
+    def __init__(self, presets: dict[str, Preset], extra: dict | None = None, **overrides):
+        from settings import DEFAULTS
+        unknown = sorted(set(overrides) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"TaskDefaults: {', '.join(unknown)} is not a setting (see settings.Settings)")
+        self.presets, self.extra, self.overrides = presets, extra or {}, overrides
+
+    def value(self, name: str):
+        """The task's value of a setting: its override, else the Settings default."""
+        from settings import DEFAULTS
+        return self.overrides.get(name, DEFAULTS[name])
+
+    def __getattr__(self, name: str):  # defaults.lr reads as the task's value of the setting lr
+        from settings import DEFAULTS
+        if name in DEFAULTS:
+            return self.value(name)
+        raise AttributeError(name)
 
 
 class Task:

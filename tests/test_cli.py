@@ -184,47 +184,50 @@ def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):
 
 
 def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
-    import migrate
     import torch
+
+    import cli
+    import migrate
     chosen = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))  # one core and most of another are busy
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert "3 threads" in migrate.set_cpu_threads(None) and chosen == [3]
+    assert "3 threads" in cli.set_cpu_threads(None) and chosen == [3]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share what is free
-    migrate.set_cpu_threads(None)
+    cli.set_cpu_threads(None)
     assert chosen[-1] == 1
-    migrate.set_cpu_threads(5)  # the flag wins
+    cli.set_cpu_threads(5)  # the flag wins
     assert chosen[-1] == 5
     with pytest.raises(migrate.UsageError, match="--threads must be positive"):
-        migrate.set_cpu_threads(0)
+        cli.set_cpu_threads(0)
 
 
 def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
-    import migrate
+    import cli
+    from settings import resolve_settings
     from tasks import task_class
     cls = task_class("molecule")
     d = cls.defaults
 
-    def settings(*flags):
-        args = migrate.build_parser().parse_args(["--task", "molecule", *flags])
-        s = migrate.resolve_settings(args, cls)
+    def resolve(*flags):
+        args = cli.build_parser().parse_args(["--task", "molecule", *flags])
+        s = resolve_settings(args, cls)
         s.device = "cpu"
-        return s, migrate.cpu_demo(s, args, d)
-    s, note = settings()
+        return s, cli.cpu_demo(s, args, d)
+    s, note = resolve()
     assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], d.extra["demo_max_new_tokens"])
     assert "--full" in note and s.iterations < d.iterations and s.max_new_tokens < d.max_new_tokens
-    s, note = settings("--full")
+    s, note = resolve("--full")
     assert (s.iterations, s.max_new_tokens, note) == (d.iterations, d.max_new_tokens, "")
-    s, _ = settings("--iterations", "7")  # a count the user chose is kept, and with it the paper's length
+    s, _ = resolve("--iterations", "7")  # a count the user chose is kept, and with it the paper's length
     assert (s.iterations, s.max_new_tokens) == (7, d.max_new_tokens)
-    s, _ = settings("--max-new-tokens", "50")  # a demo still, with the length the user gave
+    s, _ = resolve("--max-new-tokens", "50")  # a demo still, with the length the user gave
     assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], 50)
     arc = task_class("arc")
-    args = migrate.build_parser().parse_args(["--task", "arc"])
-    s = migrate.resolve_settings(args, arc)
+    args = cli.build_parser().parse_args(["--task", "arc"])
+    s = resolve_settings(args, arc)
     s.device = "cpu"
-    migrate.cpu_demo(s, args, arc.defaults)
+    cli.cpu_demo(s, args, arc.defaults)
     assert s.micro_batch == arc.defaults.extra["demo_micro_batch"] > 0  # less memory, the same update

@@ -35,9 +35,9 @@ def test_resuming_with_other_code_warns_once_and_is_recorded(tmp_path, capsys):
     saved = dict(settings={}, targets=["a"], code=dict(commit="abc", dirty=False, code_hash="0" * 16))
     (tmp_path / "config.json").write_text(json.dumps(saved))
     now = rundir.code_version()
-    migrate.note_resuming_code(tmp_path, dict(saved), now)
+    rundir.note_resuming_code(tmp_path, dict(saved), now)
     assert "started by other code (abc)" in capsys.readouterr().err
     assert json.loads((tmp_path / "config.json").read_text())["resumed_with"] == [now]
     same = json.loads((tmp_path / "config.json").read_text()) | {"code": now}
-    migrate.note_resuming_code(tmp_path, same, now)  # same code: silent, nothing written
+    rundir.note_resuming_code(tmp_path, same, now)  # same code: silent, nothing written
     assert capsys.readouterr().err == ""

@@ -8,8 +8,10 @@ import types
 
 import pytest
 
+import cli
 import migrate
 import rundir
+import settings
 from history import History, Islands
 from tasks import Preset, Prompt, Task, TaskDefaults
 
@@ -64,9 +66,12 @@ class CharTokenizer:
         return "".join(chr(i) for i in ids)
 
 
+SAMPLER = [None]  # the scripted sampler of the running test: setup() hands it to the Policy
+
+
 @pytest.fixture
-def scripted(monkeypatch):
-    """Replace sampler.generate: a policy prompt answers 'plum, kiwi]', an NS prompt the seed's mirror."""
+def scripted():
+    """A scripted sampler for the policy: a policy prompt answers 'plum, kiwi]', an NS prompt the seed's mirror."""
     calls = []
 
     def generate(model, prompts, max_new_tokens, **kw):
@@ -77,17 +82,18 @@ def scripted(monkeypatch):
             texts.append("plum, kiwi]" if ask == "policy" else f"{ask.split(':')[1].split(',')[0].split('=')[0]}]")
         return types.SimpleNamespace(tokens=[[ord(c) for c in t] + [0] for t in texts])
 
-    monkeypatch.setitem(sys.modules, "sampler", types.SimpleNamespace(generate=generate))
-    return calls
+    SAMPLER[0] = generate
+    yield calls
+    SAMPLER[0] = None
 
 
 def setup(strategy, budget=1000):
     task = FruitTask("x")
-    args = migrate.build_parser().parse_args(["--strategy", strategy, "--budget", str(budget)])
+    args = cli.build_parser().parse_args(["--strategy", strategy, "--budget", str(budget)])
     args.task = "fruit"
-    s = migrate.resolve_settings(args, FruitTask)
+    s = settings.resolve_settings(args, FruitTask)
     s.update = False  # no model here: the update is tested in test_train.py
-    policy = migrate.Policy(None, CharTokenizer(), s)
+    policy = migrate.Policy(None, CharTokenizer(), s, generate=SAMPLER[0])
     state = migrate.new_state(s, task)
     return s, task, policy, state
 
@@ -248,11 +254,11 @@ def test_every_strategy_has_a_preset_in_every_builtin_task():
 def test_bad_settings_are_one_line_errors():
     for flags, words in ((["--budget", "-5"], "--budget must be positive"),
                          (["--alpha", "0", "--beta", "0", "--gamma", "0"], "group is empty")):
-        args = migrate.build_parser().parse_args(flags)
+        args = cli.build_parser().parse_args(flags)
         with pytest.raises(migrate.UsageError, match=words):
-            migrate.resolve_settings(args, FruitTask)
+            settings.resolve_settings(args, FruitTask)
     with pytest.raises(migrate.UsageError, match="unknown task"):
-        migrate.load_task_class("nosuchtask")
+        cli.load_task_class("nosuchtask")
 
 
 def test_plot_is_an_svg_with_both_lines():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli
 import migrate
 import rundir
 from history import Entry, History, Islands
@@ -193,7 +194,7 @@ def test_the_end_of_a_run_says_what_the_numbers_mean(tmp_path):
         assert words in task_class(name).defaults.extra["score_meaning"], name
     (tmp_path / "t1").mkdir()
     (tmp_path / "t1" / "best.json").write_text(json.dumps(dict(report={"pass@2": True, "votes": [[3]]})))
-    text = migrate.explain_scores(tmp_path, ["t1", "t2"], task_class("arc"))  # t2 has not finished
+    text = cli.explain_scores(tmp_path, ["t1", "t2"], task_class("arc"))  # t2 has not finished
     assert text.splitlines()[1:] == ["t1: pass@2 True"]
 
 

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
+import cli
 import migrate
+import settings
 from tasks import Prompt, Task, TaskDefaults, paper_presets
 from tiny_model import tiny_model
 
@@ -55,8 +57,8 @@ class CountA(Task):
 
 
 def make_policy(strategy, **overrides):
-    args = migrate.build_parser().parse_args(["--strategy", strategy])
-    s = migrate.resolve_settings(args, CountA)
+    args = cli.build_parser().parse_args(["--strategy", strategy])
+    s = settings.resolve_settings(args, CountA)
     s.task, s.target, s.early_stop = "count-a", "x", False
     for k, v in overrides.items():
         setattr(s, k, v)
@@ -97,13 +99,13 @@ def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", picked.append)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert migrate.rank_device("cuda") == "cuda:1" and picked == [1]
-    assert migrate.rank_device("cpu") == "cpu"
+    assert cli.rank_device("cuda") == "cuda:1" and picked == [1]
+    assert cli.rank_device("cpu") == "cpu"
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(migrate.UsageError, match="LOCAL_RANK 2"):
-        migrate.rank_device("cuda")
+        cli.rank_device("cuda")
     monkeypatch.delenv("LOCAL_RANK")
-    assert migrate.rank_device("cuda") == "cuda"
+    assert cli.rank_device("cuda") == "cuda"
 
 
 def test_inference_only_baseline_does_not_train(tmp_path):
@@ -143,9 +145,9 @@ def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, s
 
 def test_example_task_runs_through_the_loop(tmp_path):
     """The README's fork example, three iterations of MiGrATe on the tiny model."""
-    task_cls = migrate.load_task_class("examples/digit_sum.py")
-    args = migrate.build_parser().parse_args(["--iterations", "3"])
-    s = migrate.resolve_settings(args, task_cls)
+    task_cls = cli.load_task_class("examples/digit_sum.py")
+    args = cli.build_parser().parse_args(["--iterations", "3"])
+    s = settings.resolve_settings(args, task_cls)
     s.task, s.target = "digitsum", "40"
     policy = migrate.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
     task = task_cls("40")

@@ -1,0 +1,233 @@
+"""The command line of migrate.py: parse, resolve the settings, claim the run folder, load the model, search each
+target (split across torchrun ranks), summarise. The algorithm is in migrate.py; the run folder in rundir.py; the
+settings in settings.py.
+"""
+import argparse
+import dataclasses
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import tasks
+from assets import AssetError
+from checkpoint import ModelLoadError, load_model
+from migrate import STRATEGIES, Policy, search
+from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
+from settings import UsageError, add_setting_flags, resolve_settings
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"migrate.py: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags that choose what runs and where, then one flag per setting (settings.Settings' knobs)."""
+    p = OneLineParser(description="MiGrATe: test-time GRPO search for one black-box problem. "
+                                  "[brackets] give the default.")
+    a = p.add_argument
+    a("--task", default="wordsearch", help="wordsearch, molecule, arc, or a file/module of your own Task [wordsearch]")
+    a("--target", help="one target: a word, an objective such as rediscover:celecoxib, an ARC task id [task default]")
+    a("--targets", help="comma-separated targets or a named set (e.g. paper): one independent search each")
+    a("--strategy", default="migrate", choices=STRATEGIES, help="which method of the paper to run [migrate]")
+    a("--model", help="HF checkpoint folder, .gguf file, or ORG/NAME in the local Hugging Face cache "
+                      "[embedded SmolLM2-135M-Instruct]")
+    a("--out", help="run folder [runs/TASK-STRATEGY-seedN]")
+    a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings")
+    a("--device", help="cpu or cuda [cuda if available]")
+    a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
+    a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
+    a("--sandbox", choices=("auto", "strict", "process"), help="ARC: isolate programs by Linux namespaces "
+      "(auto: warn and fall back where unavailable; strict: refuse; process: the old unisolated path) [auto]")
+    a("--quiet", action="store_true", help="no progress bar")
+    a("--full", action="store_true", help="the paper's iterations and completion length on CPU too [a CPU demo]")
+    a("--threads", type=int, help="CPU threads [free cores: cores less the 1-minute load average]")
+    add_setting_flags(p)
+    return p
+
+
+def expand_targets(args, task_cls) -> list[str]:
+    if args.target and args.targets:
+        raise UsageError("give --target or --targets, not both")
+    if args.target is not None and not args.target.strip():
+        raise UsageError("--target is empty; leave it out for the task's default target")
+    if args.targets:
+        names = task_cls.target_sets.get(args.targets) or [t.strip() for t in args.targets.split(",") if t.strip()]
+        if not names:
+            raise UsageError(f"--targets {short(args.targets)!r} names no target")
+    else:
+        names = [args.target or task_cls.default_target]
+    return names
+
+
+def load_task_class(name: str):
+    """A built-in task by name, or 'package.module' / 'path/to/file.py' defining and registering a Task."""
+    if name.endswith(".py") or "." in name or ":" in name:
+        path = name.split(":")[0]
+        if path.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+            if spec is None or not Path(path).exists():
+                raise UsageError(f"task file {path} not found")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(path)
+        found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, tasks.Task)
+                 and v is not tasks.Task]
+        if not found:
+            raise UsageError(f"{name} defines no tasks.Task subclass")
+        return found[-1]
+    try:
+        return tasks.task_class(name)
+    except KeyError as e:
+        raise UsageError(e.args[0])
+
+
+def explain_scores(out: Path, targets: list[str], task_cls) -> str:
+    """What the summary's numbers mean (each task says it), then the yes/no measures of a task's report, such
+    as ARC's pass@2 on the test output."""
+    lines = [task_cls.defaults.extra.get("score_meaning", f"best score: the task's score in [0, 1], "
+                                                          f"{task_cls.solved_score} = solved")]
+    for t in targets:
+        path = out / slug(t) / "best.json"
+        report = json.loads(path.read_text()).get("report", {}) if path.exists() else {}
+        flags = [f"{k} {v}" for k, v in report.items() if isinstance(v, bool)]
+        if flags:
+            lines.append(f"{short(t, 40)}: {', '.join(flags)}")
+    return "\n".join(lines)
+
+
+def cpu_demo(s, args, d) -> str:
+    """On CPU, unless --full, --iterations or --budget was given: the task's demo settings (fewer iterations,
+    shorter answers, a smaller update micro-batch: the same update in less memory) so that a first run ends in
+    minutes on a laptop; a flag the user gave wins. Returns the note that says so, and how to get the paper's."""
+    if s.device != "cpu" or args.full or args.resume or args.iterations is not None or args.budget is not None:
+        return ""
+    for name in ("iterations", "max_new_tokens", "micro_batch"):
+        if getattr(args, name) is None and f"demo_{name}" in d.extra:
+            setattr(s, name, d.extra[f"demo_{name}"])
+    if (s.iterations, s.max_new_tokens) == (d.iterations, d.max_new_tokens):
+        return ""
+    return (f"\nthis is the CPU demo; the paper's {d.iterations} iterations of {d.max_new_tokens} tokens: --full "
+            "(it will say how long)")
+
+
+def set_cpu_threads(flag: int | None) -> str:
+    """torch's CPU threads: --threads, else OMP_NUM_THREADS, else the cores this process may use less those the
+    1-minute load average shows busy (whole cores), shared among torchrun's local processes. Runs that share a
+    machine then do not oversubscribe it, which would slow each of them down. Returns the note that says so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS has none
+    load = os.getloadavg()[0]
+    if flag is not None and flag < 1:
+        raise UsageError(f"--threads must be positive, got {flag}")
+    if flag:
+        n, why = flag, "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    else:
+        n = max(1, (cores - int(load)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        why = f"{cores} cores, load {load:.1f}; --threads N to change"
+    torch.set_num_threads(n)
+    return f", {n} thread{'s' * (n > 1)} ({why})"
+
+
+def rank_device(device: str) -> str:
+    """torchrun starts one process per GPU: each takes the GPU of its LOCAL_RANK, not every rank cuda:0."""
+    if device != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise UsageError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible")
+    torch.cuda.set_device(local)
+    return f"cuda:{local}"
+
+
+def on_rank0(fn, world: int):
+    """fn() on rank 0 only; its result, or its UsageError, reaches every rank."""
+    result, error = None, None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            result = fn()
+        except (UsageError, RunFolderError) as e:
+            error = str(e)
+    if world > 1:
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box
+    if error:
+        raise UsageError(error)
+    return result
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, RunFolderError, AssetError) as e:
+        print(f"migrate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    saved = None
+    if args.resume:  # the saved run says what runs; its settings are restored unless a flag is given
+        saved = read_config(Path(args.resume))
+        st = saved["settings"]
+        args.task, args.strategy, args.model = st["task"], st["strategy"], args.model or st["model"]
+        args.targets, args.target = ",".join(saved["targets"]), None
+    task_cls = load_task_class(args.task)
+    s = resolve_settings(args, task_cls, saved and saved["settings"])
+    if args.device or not saved:
+        s.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dtype or not saved:
+        s.dtype = args.dtype or ("bfloat16" if s.device == "cuda" else "float32")
+    demo = cpu_demo(s, args, task_cls.defaults)
+    targets = expand_targets(args, task_cls)
+    tasks_by_target = {}
+    for t in targets:  # build every task first: a bad target fails before any work starts
+        try:
+            tasks_by_target[t] = task_cls(t, **s.task_options)
+        except ValueError as e:
+            raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
+    threads = set_cpu_threads(args.threads) if s.device == "cpu" else ""
+    if not args.quiet:
+        print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
+              f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}{demo}",
+              file=sys.stderr)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:  # torchrun: ranks only share the run folder's check and wait for each other at the end
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=30))
+    out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
+    out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), world)
+    s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
+    mine = targets[rank::world]
+    try:
+        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
+    except ModelLoadError as e:
+        raise UsageError(str(e))
+    model.eval()
+    policy = Policy(model, tokenizer, s)
+    try:
+        for t in mine:
+            search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
+              file=sys.stderr)
+        return 130
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        write_summary(out, targets)
+        if not args.quiet:
+            print((out / "summary.md").read_text() + explain_scores(out, targets, task_cls) + f"\nrun folder: {out}")
+    return 0
+
+

@@ -1,0 +1,141 @@
+"""Every knob of a run, declared once.
+
+`Settings` is a dataclass whose fields carry their default and, for those a user may set, their command-line help
+(`knob`). Everything else is derived from it: the flags of `build_parser`, the copy of the flags the user gave
+into a run's settings, what `--resume` restores from config.json, and what a task may override (a task's
+`TaskDefaults` are keyword overrides of these fields, checked by name). Adding a setting is one field here.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+class UsageError(Exception):
+    """Bad input, reported as one line without a traceback."""
+
+
+def knob(default, help: str, *, flag: str | None = None, choices=None, default_text: str | None = None):
+    """A setting the command line can set: `--name` (or `flag`), its help and the default shown in brackets."""
+    shown = default_text if default_text is not None else ("task default" if default is None else default)
+    return field(default=default, metadata=dict(help=f"{help} [{shown}]", flag=flag, choices=choices))
+
+
+@dataclass
+class Settings:
+    # what runs (set by the command line's own flags; config.json records them)
+    task: str = "wordsearch"
+    target: str = ""
+    strategy: str = "migrate"
+    model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    seed: int = knob(0, "seed of sampling, warm start and LoRA init")
+    # group composition (alpha on-policy, beta greedy, gamma neighbourhood members) and how NS seeds are chosen
+    alpha: int = knob(10, "on-policy members per group", default_text="strategy preset")
+    beta: int = knob(0, "greedy members per group (the iteration's seed)", default_text="strategy preset")
+    gamma: int = knob(0, "neighbourhood members per group", default_text="strategy preset")
+    topk: int = knob(3, "NS seeds are drawn among the top-k past solutions; OPRO lists them",
+                     default_text="strategy preset")
+    seed_choice: str = "topk"  # "topk", "opro" or "evo": the strategy's rule, not a flag
+    update: bool = True  # GRPO steps on the LoRA adapter (False for the inference-only baselines)
+    pack: bool = knob(False, "alpha and gamma count candidates, pooled and packed into answers as in the paper's "
+                             "word search", default_text="task default")
+    # budget
+    iterations: int = knob(100, "iterations per target", default_text="task default")
+    budget: int = knob(1_000_000, "black-box evaluations per target, warm start included", default_text="unlimited")
+    early_stop: bool = knob(True, "stop when a candidate reaches the task's solved score")
+    patience: int = knob(10, "stop a search after this many iterations in a row that score nothing new")
+    # sampling
+    max_new_tokens: int = knob(64, "tokens sampled per completion", default_text="task default")
+    temperature: float = knob(1.0, "sampling temperature")
+    top_p: float = knob(1.0, "nucleus sampling threshold")
+    # training: the Hugging Face Trainer defaults of the paper's runs for the optimiser
+    mu: int = knob(2, "optimiser steps per group", default_text="task default")
+    lr: float = knob(5e-5, "AdamW learning rate of the LoRA adapter", default_text="task default")
+    lr_schedule: str = knob("linear", "linear: to 0 over the planned iterations", choices=("linear", "constant"))
+    weight_decay: float = knob(0.0, "AdamW weight decay")
+    max_grad_norm: float = knob(1.0, "clip the adapter's gradient norm to this, 0 = off")
+    lora_r: int = knob(64, "LoRA rank", default_text="task default")
+    lora_alpha: int = knob(16, "LoRA alpha (scale alpha/r)", default_text="task default")
+    lora_dropout: float = knob(0.0, "LoRA dropout")
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta_kl: float = knob(0.0, "KL penalty to the base model")
+    micro_batch: int = knob(0, "update the group this many rows at a time, gradients accumulated (the same update "
+                               "with less memory); 0 = the whole group")
+    grad_checkpoint: bool = knob(False, "recompute each layer in backward (less memory, more update time)")
+    # MiGrATe-Evo's island database (the released EvolutionDatabase's settings)
+    islands: int = knob(4, "MiGrATe-Evo: number of islands")
+    migrate_every: int = knob(40, "MiGrATe-Evo: iterations between migrations")
+    # engine
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile_sampler: bool = knob(False, "torch.compile the sampler's decode step (a CUDA graph on a GPU)",
+                                 flag="--compile")
+    compile_logprobs: bool = knob(False, "torch.compile the fused log-prob chunk")
+    sample_weights: str = knob("auto", "base weights of the sampler's decode steps (quant.py): the model's own, "
+                                       "oneDNN-packed float32, or 4-bit (the GGUF's codes); auto: int4 on CPU in "
+                                       "float32, else model", choices=("auto", "model", "packed", "int4"))
+    task_options: dict = field(default_factory=dict)
+
+    @property
+    def group_size(self) -> int:
+        return self.alpha + self.beta + self.gamma
+
+
+KNOBS = tuple(f for f in dataclasses.fields(Settings) if "help" in f.metadata)
+SETTING_FLAGS = tuple(f.name for f in KNOBS)  # the settings a user may set (the rest say what runs, and where)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+
+
+def flag_name(f) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per knob; every default is None, so that a flag the user gave can be told from one left out."""
+    for f in KNOBS:
+        kind = f.type  # int, float, str or bool
+        extra = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
+        parser.add_argument(flag_name(f), dest=f.name, default=None, help=f.metadata["help"],
+                            choices=f.metadata["choices"], **extra)
+
+
+def settings_given(args) -> dict:
+    """The knobs the user set on the command line."""
+    return {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
+
+
+def check_settings(s: Settings) -> None:
+    for name in ("budget", "iterations", "patience", "topk", "mu", "max_new_tokens", "lora_r", "islands",
+                 "migrate_every"):
+        if getattr(s, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    for name in ("alpha", "beta", "gamma"):
+        if getattr(s, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(s, name)}")
+    if s.group_size == 0:
+        raise UsageError("the group is empty: alpha + beta + gamma must be positive")
+    if s.lr <= 0 or s.temperature < 0 or not 0 < s.top_p <= 1:
+        raise UsageError("--lr must be > 0, --temperature >= 0 and --top-p in (0, 1]")
+    if s.weight_decay < 0 or s.max_grad_norm < 0 or s.micro_batch < 0:
+        raise UsageError("--weight-decay, --max-grad-norm and --micro-batch must be >= 0")
+
+
+def resolve_settings(args, task_cls, saved: dict | None = None) -> Settings:
+    """A run's settings, each from the first of: the flags the user gave, the settings a resumed run saved, the
+    strategy's preset in the task, the task's overrides, Settings' defaults."""
+    d = task_cls.defaults
+    if args.strategy not in d.presets:
+        raise UsageError(f"task {task_cls.name} has no preset for strategy {args.strategy}")
+    p = d.presets[args.strategy]
+    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, seed_choice=p.seed_choice, update=p.update)
+    values.update({k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
+    if saved:  # a setting newer than the run keeps its default
+        values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
+    elif args.budget is not None and args.iterations is None:
+        values["iterations"] = args.budget  # the budget decides; the iteration cap only guards a stuck search
+    values.update(settings_given(args), task=args.task, target="", strategy=args.strategy, model=args.model)
+    s = Settings(**values)
+    s.task_options = dict((saved or {}).get("task_options", {}))
+    s.task_options.update({k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k, None))})
+    check_settings(s)
+    return s
