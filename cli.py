@@ -18,9 +18,9 @@ import torch.distributed as dist
 import tasks
 from assets import AssetError
 from checkpoint import ModelLoadError, load_model
-from migrate import STRATEGIES, Policy, search
+from migrate import STRATEGIES, Policy, resolve_settings, search
 from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
-from settings import UsageError, add_setting_flags, resolve_settings
+from settings import UsageError, add_setting_flags
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -29,19 +29,19 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, eps_high=0.28,
-              ref_logp=None, beta_kl=0.0, group_size=None):
+              ref_logp=None, kl_coef=0.0, group_size=None):
     """Clipped GRPO loss (a scalar to minimise) and detached scalar statistics.
 
     logp, old_logp (B, T): log-probs of the sampled tokens under the current policy (with grad) and under the
         policy that produced the group (no grad). advantages (B,). mask (B, T): 1 on completion tokens.
     member_mask (B,) bool or None: members that enter the loss (MiGrATe: reward > 0); None keeps all.
-    ref_logp (B, T) or None: base-model log-probs for the KL penalty, weighted by beta_kl.
+    ref_logp (B, T) or None: base-model log-probs for the KL penalty, weighted by kl_coef.
 
     Math, per token t of member i (A_i its advantage):
         r_it   = exp(logp_it - old_logp_it)
         s_it   = min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
         kl_it  = exp(ref_it - logp_it) - (ref_it - logp_it) - 1            (k3 estimator, >= 0)
-        l_i    = sum_t mask_it * (-s_it + beta_kl * kl_it) / sum_t mask_it
+        l_i    = sum_t mask_it * (-s_it + kl_coef * kl_it) / sum_t mask_it
         loss   = sum_i keep_i * l_i / G                                    (G = all members, kept or not)
     Gradient wrt logp_it is -r_it A_i / (n_i G) where the unclipped branch is the minimum, 0 where the clip is
     active (r > 1 + eps_high with A > 0, or r < 1 - eps_low with A < 0). `group_size` overrides G when the
@@ -63,8 +63,8 @@ def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, e
     if ref_logp is not None:
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1.0  # (B, T)
-        if beta_kl:
-            per_token = per_token + beta_kl * kl
+        if kl_coef:
+            per_token = per_token + kl_coef * kl
 
     G = group_size or logp.shape[0]
 

@@ -36,10 +36,7 @@ from grpo import completion_logprobs, group_advantages, grpo_loss
 from history import History, Islands
 from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict
 from rundir import RunState, keep_log_lines, load_state, save_state, short, write_results
-from settings import Settings, UsageError
-
-STRATEGIES = ("random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo")
-
+from settings import DEFAULTS, Settings, UsageError, check_settings, settings_given
 
 # ----------------------------------------------------------------------------------------------------------
 # The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
@@ -79,12 +76,54 @@ def end_of_turn_id(tokenizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The strategies of the paper: how each builds its group and whether it trains. The numbers (alpha, beta, gamma,
+# top-k, mu) are the task's (tasks.Preset), under the strategy's name or, for a strategy of your own, under
+# `numbers_of`: a new strategy is one entry here, plus at most a branch in plan_group.
+
+@dataclass(frozen=True)
+class Strategy:
+    neighbours: str = "seed"  # what NS prompts show: "seed" (a random top-k past solution; it is also the greedy
+    #                           member), "ranked" (OPRO: the top-k listed worst to best) or "islands" (Evo's database)
+    trains: bool = True  # GRPO steps on the adapter; False: an inference-only baseline
+    numbers_of: str | None = None  # use the task's numbers of this strategy
+
+
+STRATEGIES = {
+    "random": Strategy(trains=False), "ns": Strategy(trains=False), "opro": Strategy("ranked", trains=False),
+    "grpo": Strategy(), "grpo-greedy": Strategy(), "migrate": Strategy(), "migrate-opro": Strategy("ranked"),
+    "migrate-evo": Strategy("islands"),
+}
+
+
+def resolve_settings(args, task_cls, saved: dict | None = None) -> Settings:
+    """A run's settings, each from the first of: the flags the user gave, the settings a resumed run saved, the
+    strategy (its rule, and its numbers in the task), the task's overrides, Settings' defaults."""
+    strategy = STRATEGIES[args.strategy]
+    d, numbers = task_cls.defaults, strategy.numbers_of or args.strategy
+    if numbers not in d.presets:
+        raise UsageError(f"task {task_cls.name} has no numbers for strategy {numbers}")
+    p = d.presets[numbers]
+    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, neighbours=strategy.neighbours,
+                  update=strategy.trains, **{k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
+    if saved:  # a setting newer than the run keeps its default
+        values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
+    elif args.budget is not None and args.iterations is None:
+        values["iterations"] = args.budget  # the budget decides; the iteration cap only guards a stuck search
+    values.update(settings_given(args), task=args.task, target="", strategy=args.strategy, model=args.model)
+    s = Settings(**values)
+    s.task_options = dict((saved or {}).get("task_options", {}))
+    s.task_options.update({k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k, None))})
+    check_settings(s)
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------------
 # One iteration.
 
 @dataclass
 class Member:
     origin: str  # "online", "greedy", "neighbourhood", or "packed" (an answer packed from pooled candidates)
-    prompt_kind: str  # which prompt produced it: "policy", "ns", "opro" or "greedy"
+    prompt_kind: str  # which prompt produced it: "online", "ns", "opro" or "greedy"
     seed: str | None = None  # the past solution an NS prompt was built from
     ask: int | None = None  # candidates its prompt asked for (packing); None: what task.parse keeps
     text: str = ""  # the completion, response prefix included
@@ -102,12 +141,12 @@ def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, o
     alpha of them and one neighbourhood call for gamma."""
     seed = choose_seed(s, history, islands, rng) if s.gamma or s.beta else None
     if s.pack:
-        plan = [(Member("online", "policy", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
+        plan = [(Member("online", "online", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
         if s.gamma:
             kind, prompt = neighbourhood_prompt(s, task, history, seed, n=s.gamma)
             plan.append((Member("neighbourhood", kind, seed, ask=s.gamma), prompt))
     else:
-        plan = [(Member("online", "policy"), task.prompt()) for _ in range(s.alpha)]
+        plan = [(Member("online", "online"), task.prompt()) for _ in range(s.alpha)]
         if s.gamma:
             kind, prompt = neighbourhood_prompt(s, task, history, seed)
             plan += [(Member("neighbourhood", kind, seed), prompt) for _ in range(s.gamma)]
@@ -122,9 +161,9 @@ def choose_seed(s: Settings, history, islands, rng) -> str | None:
     top = history.top(s.topk)
     if not top:
         return None
-    if s.seed_choice == "evo":
+    if s.neighbours == "islands":
         return islands.pick_seed(rng)
-    if s.seed_choice == "opro":
+    if s.neighbours == "ranked":
         return top[0].candidate  # the released code inserted the k-th best here, a defect we do not copy
     return rng.choice(top).candidate
 
@@ -133,8 +172,8 @@ def neighbourhood_prompt(s: Settings, task, history, seed, n=None):
     """(prompt kind, prompt) of the neighbourhood members: a variation of the seed, or (OPRO) a better answer than
     the top-k listed worst to best. The on-policy prompt while there is no seed."""
     if seed is None:
-        return "policy", _ask(task.prompt, n=n)
-    if s.seed_choice == "opro":
+        return "online", _ask(task.prompt, n=n)
+    if s.neighbours == "ranked":
         ranked = [(e.candidate, e.score) for e in reversed(history.top(s.topk))]
         return "opro", _ask(task.opro_prompt, ranked, n=n)
     return "ns", _ask(task.neighbourhood_prompt, seed, n=n)
@@ -201,7 +240,7 @@ def pack_group(s: Settings, task, members: list[Member], rng) -> list[Member]:
     for i in range(0, size - size % k, k):
         answer = pool[i:i + k]
         rng.shuffle(answer)
-        packed.append(Member("packed", "policy", text=task.render_answer([c for c, _ in answer]),
+        packed.append(Member("packed", "online", text=task.render_answer([c for c, _ in answer]),
                              candidates=[dict(candidate=c, score=v, status="repeat") for c, v in answer],
                              reward=max(v for _, v in answer)))
     return packed
@@ -245,9 +284,9 @@ def grpo_update(policy: Policy, task, members: list[Member], iteration: int) -> 
 
     def loss_of(logp, old, rows, ref):
         return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
-                         eps_high=s.eps_high, ref_logp=ref, beta_kl=s.beta_kl, group_size=G)
+                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=G)
     ref = None
-    if s.beta_kl > 0:
+    if s.kl_coef > 0:
         with torch.no_grad(), lora_disabled(model):
             ref = torch.cat([logprobs(rows) for rows in batches])
     model.train()
@@ -305,7 +344,7 @@ def run_iteration(state, policy: Policy, task) -> dict:
     members = [m for m, _ in plan]
     group = pack_group(s, task, members, state.rng) if s.pack else members
     update = grpo_update(policy, task, group, it) if s.update and group else {}
-    if s.seed_choice == "evo":
+    if s.neighbours == "islands":
         add_to_islands(state.islands, members, it)
     t3 = time.time()
     best = state.history.best()
@@ -342,7 +381,7 @@ def new_state(s: Settings, task) -> RunState:
                      torch.Generator(device=s.device).manual_seed(s.seed))
     warm = task.warm_start(rng)
     for r in state.history.score(task, warm, 0, "warm"):
-        if s.seed_choice == "evo" and r["status"] == "new":
+        if s.neighbours == "islands" and r["status"] == "new":
             state.islands.add(r["candidate"], r["score"])  # dealt round the islands, one each
             state.islands.next_island()
     return state
@@ -403,8 +442,6 @@ def rate_note(target: str, iteration: int, seconds: float, left: int) -> str:
     when = f"{rest:.0f} s" if rest < 90 else f"{rest / 60:.0f} min" if rest < 5400 else f"{rest / 3600:.1f} h"
     return (f"{short(target, 40)}: iteration {iteration} took {seconds:.0f} s; at that rate the {left} left take "
             f"about {when} (less if it is solved or stalls first)")
-
-
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ class Settings:
     gamma: int = knob(0, "neighbourhood members per group", default_text="strategy preset")
     topk: int = knob(3, "NS seeds are drawn among the top-k past solutions; OPRO lists them",
                      default_text="strategy preset")
-    seed_choice: str = "topk"  # "topk", "opro" or "evo": the strategy's rule, not a flag
-    update: bool = True  # GRPO steps on the LoRA adapter (False for the inference-only baselines)
+    neighbours: str = "seed"  # what NS prompts show: "seed", "ranked" or "islands" (the strategy's rule, not a flag)
+    update: bool = True  # GRPO steps on the LoRA adapter (the strategy's rule: off for inference-only baselines)
     pack: bool = knob(False, "alpha and gamma count candidates, pooled and packed into answers as in the paper's "
                              "word search", default_text="task default")
     # budget
@@ -58,7 +58,7 @@ class Settings:
     lora_dropout: float = knob(0.0, "LoRA dropout")
     eps_low: float = 0.2
     eps_high: float = 0.28
-    beta_kl: float = knob(0.0, "KL penalty to the base model")
+    kl_coef: float = knob(0.0, "weight of the KL penalty to the base model (LoRA switched off)")
     micro_batch: int = knob(0, "update the group this many rows at a time, gradients accumulated (the same update "
                                "with less memory); 0 = the whole group")
     grad_checkpoint: bool = knob(False, "recompute each layer in backward (less memory, more update time)")
@@ -119,23 +119,3 @@ def check_settings(s: Settings) -> None:
     if s.weight_decay < 0 or s.max_grad_norm < 0 or s.micro_batch < 0:
         raise UsageError("--weight-decay, --max-grad-norm and --micro-batch must be >= 0")
 
-
-def resolve_settings(args, task_cls, saved: dict | None = None) -> Settings:
-    """A run's settings, each from the first of: the flags the user gave, the settings a resumed run saved, the
-    strategy's preset in the task, the task's overrides, Settings' defaults."""
-    d = task_cls.defaults
-    if args.strategy not in d.presets:
-        raise UsageError(f"task {task_cls.name} has no preset for strategy {args.strategy}")
-    p = d.presets[args.strategy]
-    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, seed_choice=p.seed_choice, update=p.update)
-    values.update({k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
-    if saved:  # a setting newer than the run keeps its default
-        values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
-    elif args.budget is not None and args.iterations is None:
-        values["iterations"] = args.budget  # the budget decides; the iteration cap only guards a stuck search
-    values.update(settings_given(args), task=args.task, target="", strategy=args.strategy, model=args.model)
-    s = Settings(**values)
-    s.task_options = dict((saved or {}).get("task_options", {}))
-    s.task_options.update({k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k, None))})
-    check_settings(s)
-    return s

@@ -150,7 +150,7 @@ def measured_timings(args, out: Path, targets: list[str], trains: dict[str, bool
 
 def print_estimate(args, out: Path, targets: list[str]) -> None:
     """One line before the runs start: their wall time, from measured seconds and evaluations per iteration."""
-    trains = {s: p.update for s, p in load_task_class(args.task).defaults.presets.items()}
+    trains = {s: STRATEGIES[s].trains for s in args.strategies}
     runs_left = {s: sum(not (out / f"{s}-seed{seed}" / slug(t) / "best.json").exists()
                         for seed in args.seeds for t in targets) for s in args.strategies}
     runs_left = {s: n for s, n in runs_left.items() if n}

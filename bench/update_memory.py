@@ -55,7 +55,7 @@ def worker(args, name) -> dict:
     params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, args.vocab, (args.prompt,), generator=g).tolist()
-    members = [migrate.Member("online", "policy", reward=float(r), tokens=torch.randint(
+    members = [migrate.Member("online", "online", reward=float(r), tokens=torch.randint(
         0, args.vocab, (args.completion,), generator=g).tolist()) for r in torch.rand(args.group, generator=g)]
     policy = types.SimpleNamespace(model=model, s=s, params=params, prompt_ids=lambda p: prompt, end_of_turn=0,
                                    optimizer=torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0))

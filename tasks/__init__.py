@@ -19,13 +19,12 @@ class Prompt:
 
 @dataclass
 class Preset:
-    """Group composition of one strategy: alpha on-policy, beta greedy, gamma neighbourhood members, and where a
-    strategy's released script sets them apart from the task's defaults, its top-k and its mu."""
+    """A task's numbers for one strategy: alpha on-policy, beta greedy and gamma neighbourhood members, and where
+    the strategy's released script sets them apart from the task's defaults, its top-k and mu. How the strategy
+    uses them (what NS prompts show, whether it trains) is the strategy's own rule: migrate.STRATEGIES."""
     alpha: int
     beta: int = 0
     gamma: int = 0
-    seed_choice: str = "topk"  # how NS seeds are picked: "topk" (random among top-k), "opro" (ranked list), "evo"
-    update: bool = False  # take GRPO steps on the LoRA adapter
     topk: int | None = None  # None: the task's topk (OPRO: how many past solutions the prompt lists)
     mu: int | None = None  # None: the task's mu
 
@@ -33,18 +32,16 @@ class Preset:
 def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, int, int],
                   baseline_ns: tuple[int, int, int] | None = None, opro_topk: int | None = None,
                   migrate_opro_topk: int | None = None) -> dict[str, Preset]:
-    """The eight strategies of the paper from one task's group size and its GRPO-Greedy and MiGrATe
+    """The numbers of the paper's eight strategies from one task's group size and its GRPO-Greedy and MiGrATe
     compositions (alpha, beta, gamma). Random samples the whole group on-policy; NS and OPRO sample
     `baseline_ns` (default: the whole group from neighbourhood prompts); the two MiGrATe variants keep MiGrATe's
-    composition with another seed choice. OPRO lists `opro_topk` / `migrate_opro_topk` past solutions, and Evo
-    takes one optimiser step per group (mu = 1), as in the released scripts."""
+    composition. OPRO lists `opro_topk` / `migrate_opro_topk` past solutions, and Evo takes one optimiser step
+    per group (mu = 1), as in the released scripts."""
     ns = baseline_ns or (0, 0, group)
     return {
-        "random": Preset(group), "ns": Preset(*ns), "opro": Preset(*ns, "opro", topk=opro_topk),
-        "grpo": Preset(group, update=True), "grpo-greedy": Preset(*greedy, update=True),
-        "migrate": Preset(*migrate, update=True),
-        "migrate-opro": Preset(*migrate, "opro", True, topk=migrate_opro_topk),
-        "migrate-evo": Preset(*migrate, "evo", True, mu=1),
+        "random": Preset(group), "ns": Preset(*ns), "opro": Preset(*ns, topk=opro_topk),
+        "grpo": Preset(group), "grpo-greedy": Preset(*greedy), "migrate": Preset(*migrate),
+        "migrate-opro": Preset(*migrate, topk=migrate_opro_topk), "migrate-evo": Preset(*migrate, mu=1),
     }
 
 

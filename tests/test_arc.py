@@ -246,8 +246,9 @@ def test_paper_defaults():
     assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"}
     assert all(p.alpha + p.beta + p.gamma == 16 for p in d.presets.values())
     m = d.presets["migrate"]
-    assert (m.alpha, m.beta, m.gamma, m.update) == (11, 1, 4, True)
-    assert not d.presets["random"].update and not d.presets["ns"].update and not d.presets["opro"].update
+    assert (m.alpha, m.beta, m.gamma) == (11, 1, 4)
+    ns, opro = d.presets["ns"], d.presets["opro"]
+    assert (ns.alpha, ns.gamma, opro.alpha, opro.gamma) == (12, 4, 12, 4)  # scripts/arc_full/1_ns.sh, 2_opro.sh
     assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (1, 1, 1e-5, 128, 32, 1024, 64)
 
 

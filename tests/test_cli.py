@@ -206,7 +206,7 @@ def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
 
 def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
     import cli
-    from settings import resolve_settings
+    from migrate import resolve_settings
     from tasks import task_class
     cls = task_class("molecule")
     d = cls.defaults

@@ -109,15 +109,15 @@ def test_kl_term_hand_computed():
     d k3 / d logp = 1 - exp(d) = -1 at d = ln 2, 0 at d = 0; times beta / 2 with beta = 0.1."""
     logp = torch.tensor([[-2.0, -1.0]], requires_grad=True)
     ref = torch.tensor([[-2.0 + math.log(2.0), -1.0]])
-    loss, stats = grpo_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), ref_logp=ref, beta_kl=0.1)
+    loss, stats = grpo_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), ref_logp=ref, kl_coef=0.1)
     expected_kl = (1.0 - math.log(2.0)) / 2
     assert stats["kl"].item() == pytest.approx(expected_kl, abs=1e-6)
     assert loss.item() == pytest.approx(0.1 * expected_kl, abs=1e-7)
     torch.testing.assert_close(_grad(loss, logp), torch.tensor([[-0.05, 0.0]]))
-    # Reported but not added when beta_kl = 0; exactly zero when logp == ref.
+    # Reported but not added when kl_coef = 0; exactly zero when logp == ref.
     loss0, stats0 = grpo_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), ref_logp=ref)
     assert loss0.item() == 0.0 and stats0["kl"].item() == pytest.approx(expected_kl, abs=1e-6)
-    _, same = grpo_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), ref_logp=logp.detach(), beta_kl=1.0)
+    _, same = grpo_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), ref_logp=logp.detach(), kl_coef=1.0)
     assert same["kl"].item() == 0.0
 
 

@@ -11,7 +11,6 @@ import pytest
 import cli
 import migrate
 import rundir
-import settings
 from history import History, Islands
 from tasks import Preset, Prompt, Task, TaskDefaults
 
@@ -22,10 +21,10 @@ class FruitTask(Task):
     """Candidates are fruit names in a bracketed list; the score is a fixed table (0.1 for unknown words)."""
     name = "fruit"
     defaults = TaskDefaults(presets={
-        "random": Preset(4), "ns": Preset(0, 0, 4), "opro": Preset(0, 0, 4, "opro"),
-        "grpo": Preset(4, update=True), "grpo-greedy": Preset(3, 1, update=True),
-        "migrate": Preset(2, 1, 2, update=True), "migrate-opro": Preset(2, 1, 2, "opro", True),
-        "migrate-evo": Preset(2, 1, 2, "evo", True)}, topk=2, iterations=3)
+        "random": Preset(4), "ns": Preset(0, 0, 4), "opro": Preset(0, 0, 4),
+        "grpo": Preset(4), "grpo-greedy": Preset(3, 1),
+        "migrate": Preset(2, 1, 2), "migrate-opro": Preset(2, 1, 2),
+        "migrate-evo": Preset(2, 1, 2)}, topk=2, iterations=3)
 
     def prompt(self):
         return Prompt([{"role": "user", "content": "policy"}], prefix="[")
@@ -91,7 +90,7 @@ def setup(strategy, budget=1000):
     task = FruitTask("x")
     args = cli.build_parser().parse_args(["--strategy", strategy, "--budget", str(budget)])
     args.task = "fruit"
-    s = settings.resolve_settings(args, FruitTask)
+    s = migrate.resolve_settings(args, FruitTask)
     s.update = False  # no model here: the update is tested in test_train.py
     policy = migrate.Policy(None, CharTokenizer(), s, generate=SAMPLER[0])
     state = migrate.new_state(s, task)
@@ -158,7 +157,7 @@ def test_opro_lists_topk_worst_to_best_and_migrate_opro_inserts_the_best(scripte
     s, task, policy, state = setup("migrate-opro")
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
-    assert kinds == [("online", "policy")] * 2 + [("neighbourhood", "opro")] * 2 + [("greedy", "greedy")]
+    assert kinds == [("online", "online")] * 2 + [("neighbourhood", "opro")] * 2 + [("greedy", "greedy")]
     assert plan[2][1].messages[0]["content"] == "opro:pear=0.5,apple=0.9"
     assert plan[4][0].text == "[apple]"  # the best, not the k-th best (a defect of the released code)
 
@@ -181,7 +180,7 @@ def test_evo_follows_the_released_island_database(scripted):
     assert s.migrate_every == 40  # the released database's migration interval
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
-    assert kinds == [("online", "policy")] * 2 + [("neighbourhood", "policy")] * 2
+    assert kinds == [("online", "online")] * 2 + [("neighbourhood", "online")] * 2
     migrate.run_iteration(state, policy, task)  # island 3 empty: no seed, no greedy member
     assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
     plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
@@ -229,7 +228,7 @@ def test_history_cache_scores_each_candidate_once():
 
 def test_training_tokens_keep_sampled_ids_or_reencode():
     s, task, policy, state = setup("migrate")
-    online = migrate.Member("online", "policy", text="[plum]", tokens=[1, 2, 3])
+    online = migrate.Member("online", "online", text="[plum]", tokens=[1, 2, 3])
     greedy = migrate.Member("greedy", "greedy", text="[apple]")
     assert migrate.training_tokens(policy, task, online) == [1, 2, 3]
     assert migrate.training_tokens(policy, task, greedy) == [ord(c) for c in "apple]"] + [0]
@@ -246,8 +245,9 @@ def test_every_strategy_has_a_preset_in_every_builtin_task():
     for name in ("wordsearch", "molecule", "arc"):
         presets = task_class(name).defaults.presets
         assert set(presets) == set(migrate.STRATEGIES), name
-        assert not any(presets[k].update for k in ("random", "ns", "opro"))
-        assert all(presets[k].update for k in ("grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"))
+        assert not any(migrate.STRATEGIES[k].trains for k in ("random", "ns", "opro"))
+        assert all(migrate.STRATEGIES[k].trains for k in ("grpo", "grpo-greedy", "migrate", "migrate-opro",
+                                                          "migrate-evo"))
         assert presets["grpo-greedy"].beta >= 1
 
 
@@ -256,7 +256,7 @@ def test_bad_settings_are_one_line_errors():
                          (["--alpha", "0", "--beta", "0", "--gamma", "0"], "group is empty")):
         args = cli.build_parser().parse_args(flags)
         with pytest.raises(migrate.UsageError, match=words):
-            settings.resolve_settings(args, FruitTask)
+            migrate.resolve_settings(args, FruitTask)
     with pytest.raises(migrate.UsageError, match="unknown task"):
         cli.load_task_class("nosuchtask")
 
@@ -300,7 +300,7 @@ def test_packing_sorts_the_pool_and_rewards_each_answer_with_its_best():
     """alpha 2 + gamma 2 candidates found, no greedy member, group 4: nothing to pad or cut, so the answers are
     fixed: sorted (apple .9, plum .7, pear .5, fig .2) -> {apple, plum} rewarded .9 and {pear, fig} .5."""
     s = migrate.Settings(task="pair", target="x", strategy="migrate", alpha=2, gamma=2, pack=True)
-    members = [migrate.Member("online", "policy", ask=2, candidates=scored(("pear", 0.5), ("apple", 0.9))),
+    members = [migrate.Member("online", "online", ask=2, candidates=scored(("pear", 0.5), ("apple", 0.9))),
                migrate.Member("neighbourhood", "ns", "pear", ask=2, candidates=scored(("fig", 0.2), ("plum", 0.7)))]
     packed = migrate.pack_group(s, PairTask("x"), members, random.Random(0))
     assert [m.reward for m in packed] == [0.9, 0.5]
@@ -315,7 +315,7 @@ def test_packing_pads_a_short_answer_and_keeps_the_greedy_member():
     sits in the first answer and the greedy word is always in the pool."""
     s = migrate.Settings(task="pair", target="x", strategy="grpo-greedy", alpha=9, beta=1, pack=True)
     for seed in range(5):
-        members = [migrate.Member("online", "policy", ask=9, candidates=scored(
+        members = [migrate.Member("online", "online", ask=9, candidates=scored(
                        ("plum", 0.7), ("fig", 0.2), ("pear", 0.5)) + scored(("kiwi", 0.0), status="over_budget")),
                    migrate.Member("greedy", "greedy", "apple", candidates=scored(("apple", 0.9), status="repeat"))]
         packed = migrate.pack_group(s, PairTask("x"), members, random.Random(seed))
@@ -331,7 +331,7 @@ def test_packed_iteration_asks_one_call_per_prompt_for_alpha_and_gamma_words(scr
     s.pack, s.alpha, s.beta, s.gamma = True, 3, 0, 3
     rec = migrate.run_iteration(state, policy, task)
     assert len(scripted[0]) == 2  # one on-policy call and one neighbourhood call
-    assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("online", "policy"), ("neighbourhood", "ns")]
+    assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("online", "online"), ("neighbourhood", "ns")]
     assert len(rec["packed"]) == 3 and rec["mean_reward"] == sum(p["reward"] for p in rec["packed"]) / 3
 
 

@@ -226,9 +226,9 @@ def test_defaults_follow_the_paper():
     d = MoleculeTask.defaults
     assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro",
                               "migrate-evo"}
-    shape = {k: (p.alpha, p.beta, p.gamma, p.update) for k, p in d.presets.items()}
-    assert shape["grpo"] == (5, 0, 0, True) and shape["grpo-greedy"] == (4, 1, 0, True)
-    assert shape["migrate"] == (2, 1, 2, True) and shape["random"] == (5, 0, 0, False)
+    shape = {k: (p.alpha, p.beta, p.gamma) for k, p in d.presets.items()}
+    assert shape["grpo"] == (5, 0, 0) and shape["grpo-greedy"] == (4, 1, 0)
+    assert shape["migrate"] == (2, 1, 2) and shape["random"] == (5, 0, 0)
     assert all(p.alpha + p.beta + p.gamma == 5 for p in d.presets.values())  # baselines use GRPO's group size
     assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (
         1, 2, 5e-5, 64, 16, 256, 40)

@@ -12,7 +12,6 @@ import pytest
 
 import cli
 import migrate
-import settings
 from tasks import task_class
 
 #          task         strategy        a  b  g topk mu  lr     r   la  tokens G  cand  released script
@@ -49,7 +48,7 @@ def test_preset_matches_the_released_script(row):
     task, strategy, a, b, g, topk, mu, lr, r, la, tokens, group, cands, _script = row
     cls = task_class(task)
     args = cli.build_parser().parse_args(["--strategy", strategy])
-    s = settings.resolve_settings(args, cls)
+    s = migrate.resolve_settings(args, cls)
     assert (s.alpha, s.beta, s.gamma, s.topk, s.mu) == (a, b, g, topk, mu)
     assert (s.lr, s.lora_r, s.lora_alpha, s.max_new_tokens, s.iterations) == (lr, r, la, tokens, ITERATIONS[task])
     assert s.update == (strategy not in ("random", "ns", "opro"))
@@ -68,7 +67,7 @@ def test_every_strategy_is_pinned_for_every_task():
 
 def test_evo_database_has_the_released_settings():
     from history import Islands
-    s = settings.resolve_settings(cli.build_parser().parse_args(["--strategy", "migrate-evo"]),
+    s = migrate.resolve_settings(cli.build_parser().parse_args(["--strategy", "migrate-evo"]),
                                  task_class("wordsearch"))
     isl = Islands(s.islands, migrate_every=s.migrate_every)
     # utils/evolution_database.py defaults in arguments.py: --evo_num_islands 4, --evo_migration_interval 40,

@@ -7,7 +7,6 @@ import torch
 
 import cli
 import migrate
-import settings
 from tasks import Prompt, Task, TaskDefaults, paper_presets
 from tiny_model import tiny_model
 
@@ -58,7 +57,7 @@ class CountA(Task):
 
 def make_policy(strategy, **overrides):
     args = cli.build_parser().parse_args(["--strategy", strategy])
-    s = settings.resolve_settings(args, CountA)
+    s = migrate.resolve_settings(args, CountA)
     s.task, s.target, s.early_stop = "count-a", "x", False
     for k, v in overrides.items():
         setattr(s, k, v)
@@ -147,7 +146,7 @@ def test_example_task_runs_through_the_loop(tmp_path):
     """The README's fork example, three iterations of MiGrATe on the tiny model."""
     task_cls = cli.load_task_class("examples/digit_sum.py")
     args = cli.build_parser().parse_args(["--iterations", "3"])
-    s = settings.resolve_settings(args, task_cls)
+    s = migrate.resolve_settings(args, task_cls)
     s.task, s.target = "digitsum", "40"
     policy = migrate.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
     task = task_cls("40")
@@ -163,7 +162,7 @@ def test_update_clips_the_gradient_norm_and_uses_adamw_without_weight_decay(tmp_
     policy.reset()
     assert all(g["weight_decay"] == 0.0 for g in policy.optimizer.param_groups)
     task = CountA("x")
-    members = [migrate.Member("online", "policy", text=">" + t, reward=r)
+    members = [migrate.Member("online", "online", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbb", 0.0), ("abb", 1 / 3), ("aaa", 1.0))]
     out = migrate.grpo_update(policy, task, members, iteration=1)
     norm = sum(float(p.grad.pow(2).sum()) for p in policy.params if p.grad is not None) ** 0.5
@@ -179,7 +178,7 @@ def _adapter_grads_after_one_update(**overrides):
     with torch.no_grad():
         for p in policy.params[1::2]:  # lora_B
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
-    members = [migrate.Member("online", "policy", text=">" + t, reward=r)
+    members = [migrate.Member("online", "online", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbbbb", 0.0), ("abb", 1 / 3), ("aaaa", 1.0), ("bb", 0.0))]
     policy.optimizer.step = lambda: None  # keep the gradients of the step, not its update
     out = migrate.grpo_update(policy, CountA("x"), members, iteration=1)

@@ -78,11 +78,11 @@ def test_registered_with_paper_presets():
     assert cls is WordSearch
     d = cls.defaults
     p = d.presets
-    assert (p["grpo"].alpha, p["grpo"].beta, p["grpo"].gamma, p["grpo"].update) == (10, 0, 0, True)
+    assert (p["grpo"].alpha, p["grpo"].beta, p["grpo"].gamma) == (10, 0, 0)
     assert (p["grpo-greedy"].alpha, p["grpo-greedy"].beta, p["grpo-greedy"].gamma) == (9, 1, 0)
-    assert (p["migrate"].alpha, p["migrate"].beta, p["migrate"].gamma, p["migrate"].seed_choice) == (0, 0, 10, "topk")
-    assert p["migrate-opro"].seed_choice == "opro" and p["migrate-evo"].seed_choice == "evo"
-    assert not p["random"].update and p["random"].alpha == 10 and p["ns"].gamma == 10 and p["opro"].gamma == 10
+    assert (p["migrate"].alpha, p["migrate"].beta, p["migrate"].gamma) == (0, 0, 10)
+    assert (p["migrate-opro"].topk, p["opro"].topk, p["migrate-evo"].mu) == (5, 10, 1)
+    assert p["random"].alpha == 10 and p["ns"].gamma == 10 and p["opro"].gamma == 10
     assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (3, 2, 5e-5, 64, 16, 64, 100)
     assert cls.target_sets["paper"] == PAPER_TARGETS and cls.default_target in PAPER_TARGETS
 
