@@ -166,6 +166,17 @@ def on_rank0(fn, world: int):
     return result
 
 
+def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quiet: bool) -> None:
+    """This process's share of the targets, one search each, with the model loaded once."""
+    try:
+        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
+    except ModelLoadError as e:
+        raise UsageError(str(e))
+    policy = Policy(model.eval(), tokenizer, s)
+    for t in mine:
+        search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=quiet)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -207,23 +218,27 @@ def run(args) -> int:
     out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
     out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), world)
     s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
-    mine = targets[rank::world]
+    failure = None
     try:
-        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
-    except ModelLoadError as e:
-        raise UsageError(str(e))
-    model.eval()
-    policy = Policy(model, tokenizer, s)
-    try:
-        for t in mine:
-            search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=args.quiet)
+        search_my_targets(s, targets[rank::world], out, tasks_by_target, args.quiet)
     except KeyboardInterrupt:
         print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
               file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  a rank that fails must still meet the others, which wait for it
+        if world == 1:
+            raise
+        failure = e
     if world > 1:
-        dist.barrier()
+        failures = [None] * world
+        dist.all_gather_object(failures, None if failure is None else f"{type(failure).__name__}: {failure}")
         dist.destroy_process_group()
+        if failure is not None:
+            raise failure
+        failed = [(r, f) for r, f in enumerate(failures) if f]
+        if failed:
+            raise UsageError(f"rank {failed[0][0]} failed ({failed[0][1]}); its targets are unfinished: fix it, "
+                             f"then --resume {out}")
     if rank == 0:
         write_summary(out, targets)
         if not args.quiet:

@@ -146,7 +146,8 @@ def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, o
             kind, prompt = neighbourhood_prompt(s, task, history, seed, n=s.gamma)
             plan.append((Member("neighbourhood", kind, seed, ask=s.gamma), prompt))
     else:
-        plan = [(Member("online", "online"), task.prompt()) for _ in range(s.alpha)]
+        online = task.prompt()
+        plan = [(Member("online", "online"), online) for _ in range(s.alpha)]
         if s.gamma:
             kind, prompt = neighbourhood_prompt(s, task, history, seed)
             plan += [(Member("neighbourhood", kind, seed), prompt) for _ in range(s.gamma)]

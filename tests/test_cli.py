@@ -231,3 +231,32 @@ def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
     s.device = "cpu"
     cli.cpu_demo(s, args, arc.defaults)
     assert s.micro_batch == arc.defaults.extra["demo_micro_batch"] > 0  # less memory, the same update
+
+
+FAILING_TASK = '''
+import sys
+sys.path.insert(0, {examples!r})
+from digit_sum import DigitSum
+
+
+class FailsOnThirteen(DigitSum):
+    name = "fails-on-13"
+
+    def score(self, candidates):
+        if self.target == 13:
+            raise RuntimeError("the black box broke")
+        return super().score(candidates)
+'''
+
+
+def test_a_failing_torchrun_rank_ends_the_run_instead_of_hanging(model_dir, tmp_path):
+    """Rank 1's target breaks mid-search: rank 0 finishes its own, both meet, and the run ends with a one-line
+    error naming the rank (it used to wait at the final barrier for 30 days)."""
+    task = tmp_path / "fails.py"
+    task.write_text(FAILING_TASK.format(examples=str(ROOT / "examples")))
+    out = tmp_path / "sweep"
+    r = migrate("--task", str(task), "--model", model_dir, "--targets", "10,13", "--iterations", "1",
+                "--out", str(out), torchrun=True)
+    assert r.returncode != 0
+    assert "rank 1 failed (RuntimeError: the black box broke)" in r.stderr
+    assert (out / "10" / "best.json").exists() and not (out / "13" / "best.json").exists()
