@@ -82,8 +82,7 @@ def end_of_turn_id(tokenizer) -> int:
 
 @dataclass(frozen=True)
 class Strategy:
-    neighbours: str = "seed"  # what NS prompts show: "seed" (a random top-k past solution; it is also the greedy
-    #                           member), "ranked" (OPRO: the top-k listed worst to best) or "islands" (Evo's database)
+    neighbours: str = "seed"  # NS prompts show: "seed" (a random top-k one), "ranked" (OPRO) or "islands" (Evo)
     trains: bool = True  # GRPO steps on the adapter; False: an inference-only baseline
     numbers_of: str | None = None  # use the task's numbers of this strategy
 
