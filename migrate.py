@@ -191,12 +191,11 @@ def sample_members(policy: Policy, task, plan, generator) -> None:
     if not prompted:
         return
     out = policy.generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
-                   temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
-                   decode=tok.decode, stop=task.stop, compile=s.compile_sampler,
-                   weights=s.sample_weights)
+                          temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
+                          decode=tok.decode, stop=task.stop, compile=s.compile_sampler, weights=s.sample_weights)
     policy_prefix = task.prompt().prefix
-    for (m, p), ids in zip(prompted, out.tokens):
-        m.text = p.prefix + tok.decode([t for t in ids if t not in tok.eos_ids])
+    for (m, p), ids, text in zip(prompted, out.tokens, out.text):
+        m.text = p.prefix + text  # the sampler decoded it without the EOS token
         # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
         # otherwise the text after that prefix is re-encoded (set in training_tokens).
         m.tokens = list(ids) if p.prefix == policy_prefix else []

@@ -29,7 +29,7 @@ from quant import sampling_weights
 class Samples:
     tokens: list[list[int]]  # generated ids per row, up to and including the EOS/stop token, no padding
     logprobs: list[list[float]]  # log-prob of each token under the distribution it was sampled from
-    text: list[str] | None  # decode(tokens) per row when a decode function was given
+    text: list[str] | None  # decode(tokens without the EOS ids) per row when a decode function was given
     finish: list[str]  # "eos", "stop" or "length"
 
 
@@ -121,7 +121,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     with torch.inference_mode(), sampling_weights(model, weights):
         _run(model, prompts, max_new_tokens, (temperature, top_k, top_p, generator), eos, decode, tuple(stop),
              compile, check_every, out_tok, out_lp, finish)
-    text = [decode(t) for t in out_tok] if decode is not None else None
+    text = [decode([t for t in row if t not in eos]) for row in out_tok] if decode is not None else None
     return Samples(out_tok, out_lp, text, finish)
 
 

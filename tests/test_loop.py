@@ -79,7 +79,7 @@ def scripted():
         for p in calls[-1]:
             ask = p.split(">")[0]
             texts.append("plum, kiwi]" if ask == "policy" else f"{ask.split(':')[1].split(',')[0].split('=')[0]}]")
-        return types.SimpleNamespace(tokens=[[ord(c) for c in t] + [0] for t in texts])
+        return types.SimpleNamespace(tokens=[[ord(c) for c in t] + [0] for t in texts], text=texts)
 
     SAMPLER[0] = generate
     yield calls
