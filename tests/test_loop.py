@@ -340,8 +340,11 @@ def test_learning_rate_decays_linearly_to_zero_over_the_planned_steps():
     assert migrate.learning_rate(s, 1, 0) == 1e-4  # no warm-up: the first step takes the full rate
     assert migrate.learning_rate(s, 1, 1) == pytest.approx(1e-4 * 19 / 20)
     assert migrate.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
-    assert migrate.learning_rate(s, 11, 0) == 0.0  # past the plan (repeats are free, so runs can go on)
-    s.iterations, s.budget, s.alpha = 1000, 100, 10  # the budget ends the run first: 100 / 10 = 10 planned
-    assert migrate.planned_iterations(s) == 10 and migrate.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
+    assert migrate.learning_rate(s, 11, 0) == 0.0  # past the plan
+    # A budget that ends the run first is its clock: 1,000 evaluations (the iteration cap only guards a stuck
+    # search); 250 spent after 60 iterations -> a quarter of the way, whatever the iteration count says.
+    s.iterations, s.budget = 1000, 1000
+    assert migrate.learning_rate(s, 61, 0, evaluations=250) == pytest.approx(1e-4 * 0.75)
+    assert migrate.learning_rate(s, 200, 0, evaluations=1000) == 0.0
     s.lr_schedule = "constant"
-    assert migrate.learning_rate(s, 10, 1) == 1e-4
+    assert migrate.learning_rate(s, 10, 1, evaluations=999) == 1e-4
