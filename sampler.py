@@ -68,10 +68,11 @@ def _decode_step(model, tok, pos, cache):
     return model.lm_head(hidden).float()
 
 
-def _prefill(model: Transformer, prompts: list[list[int]], device):
-    """Left-padded prefill of distinct prompts -> (cache (U rows, P slots), last logits (U, V), pad (U,))."""
+def _prefill(model: Transformer, prompts: list[list[int]], device, min_len: int = 0):
+    """Left-padded prefill of distinct prompts -> (cache (U rows, P slots), last logits (U, V), pad (U,)).
+    P is the longest prompt, or min_len when that is longer (more left padding)."""
     lens = torch.tensor([len(p) for p in prompts], device=device)
-    P = int(lens.max())
+    P = max(int(lens.max()), min_len)
     pad = P - lens  # (U,)
     tokens = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
@@ -133,7 +134,11 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
     # Prefill each distinct prompt once; row_src maps every request to its prefilled row.
     uniq: dict[tuple, int] = {}
     row_src = torch.tensor([uniq.setdefault(tuple(p), len(uniq)) for p in prompts], device=device)
-    small, logits, pad = _prefill(model, [list(p) for p in uniq], device)
+    static = _cuda_graphs(compile, device)
+    # A CUDA graph holds one cache shape: prompts are padded to a multiple of STATIC_BUCKET, so the loop's prompts,
+    # whose lengths change from one iteration to the next, reuse a few graphs instead of capturing one each time.
+    bucket = -(-max(len(p) for p in uniq) // STATIC_BUCKET) * STATIC_BUCKET if static else 0
+    small, logits, pad = _prefill(model, [list(p) for p in uniq], device, bucket)
     P, S = small.length, small.length + max_new
     cache = KVCache.empty(model.cfg, len(prompts), S, device, small.k.dtype)
     cache.k[:, :, :, :P] = small.k[:, row_src]  # (n_layers, B, n_kv_heads, P, head_dim)
@@ -145,7 +150,6 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
     pos = (P - pad)[:, None]  # (B, 1): position of the first generated token = prompt length
     padded = bool(pad.any())
     alive = list(range(len(prompts)))  # request index of each live batch row
-    static = _cuda_graphs(compile, device)
     if static:  # the graph writes the cache in place: its address must not change between replays
         torch._dynamo.mark_static_address(cache.k)
         torch._dynamo.mark_static_address(cache.v)
@@ -176,6 +180,9 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
         if padded or compile:
             cache.mask = (key_ok & (slot_ids <= P + t))[:, None, None, :cache.length]  # (B, 1, 1, length)
         logits = step(model, tok[:, None], pos + t, cache)
+
+
+STATIC_BUCKET = 64  # prompt slots of a CUDA-graph cache come in multiples of this
 
 
 def _cuda_graphs(compile: bool, device) -> bool:

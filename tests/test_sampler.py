@@ -208,8 +208,14 @@ def test_a_static_batch_keeps_finished_rows_out_of_the_output(monkeypatch):
     monkeypatch.setattr(sampler, "_cuda_graphs", lambda compile, device: True)
     monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
     monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)
+    shapes = []
+    real_step = sampler._decode_step
+    monkeypatch.setattr(sampler, "_decode_step", lambda m, tok, pos, cache: shapes.append(cache.k.shape) or
+                        real_step(m, tok, pos, cache))
     static = generate(model, PROMPTS, 16, compile=True, **kw)
     assert static.tokens == shrinking.tokens and static.finish == shrinking.finish
+    assert {s[3] for s in shapes} == {sampler.STATIC_BUCKET + 16}  # prompts of 2-8 tokens padded to one bucket
+    assert {s[1] for s in shapes} == {len(PROMPTS)}  # the batch never shrinks
     assert {"eos", "stop"} <= set(static.finish)
     assert [len(t) for t in static.logprobs] == [len(t) for t in static.tokens]
 
