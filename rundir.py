@@ -275,6 +275,8 @@ def prepare_out_dir(out: Path, resume: bool, settings: dict, targets: list[str])
             note_resuming_code(out, saved, config["code"])
             return out
     else:
+        if out.is_dir() and not (out / "config.json").exists() and any(p.name != ".lock" for p in out.iterdir()):
+            raise UsageError(f"{out} holds other files and no run; choose a new or empty --out")
         lock_folder(out)
         saved = read_config(out) if (out / "config.json").exists() else None
         if saved and started(out, saved["targets"]):

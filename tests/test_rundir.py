@@ -215,3 +215,15 @@ def test_a_long_target_gets_a_short_distinct_folder_name():
     a, b = "C" * 5000, "C" * 4999 + "N"
     assert len(rundir.slug(a)) <= 80 and rundir.slug(a) != rundir.slug(b)
     assert rundir.slug("rediscover:celecoxib") == "rediscover_celecoxib"  # short names are as before
+
+
+def test_a_new_run_is_not_written_into_a_folder_of_other_files(tmp_path):
+    from settings import UsageError
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds other files and no run"):
+        rundir.prepare_out_dir(tmp_path, False, {"seed": 0}, ["a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no config.json, no .lock
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert rundir.prepare_out_dir(empty, False, {"seed": 0}, ["a"]) == empty
+    assert (empty / "config.json").exists()
