@@ -9,6 +9,8 @@ none parses. Scores are in [0, 1] and `solved_score` (1.0) means the problem is 
 """
 from dataclasses import dataclass
 
+from settings import DEFAULTS
+
 
 @dataclass
 class Prompt:
@@ -51,21 +53,15 @@ class TaskDefaults:
     point reads (CPU demo settings, what the score means)."""
 
     def __init__(self, presets: dict[str, Preset], extra: dict | None = None, **overrides):
-        from settings import DEFAULTS
         unknown = sorted(set(overrides) - set(DEFAULTS))
         if unknown:
             raise TypeError(f"TaskDefaults: {', '.join(unknown)} is not a setting (see settings.Settings)")
         self.presets, self.extra, self.overrides = presets, extra or {}, overrides
 
-    def value(self, name: str):
-        """The task's value of a setting: its override, else the Settings default."""
-        from settings import DEFAULTS
-        return self.overrides.get(name, DEFAULTS[name])
-
-    def __getattr__(self, name: str):  # defaults.lr reads as the task's value of the setting lr
-        from settings import DEFAULTS
+    def __getattr__(self, name: str):
+        """defaults.lr: the task's value of the setting lr, its override or else the Settings default."""
         if name in DEFAULTS:
-            return self.value(name)
+            return self.overrides.get(name, DEFAULTS[name])
         raise AttributeError(name)
 
 

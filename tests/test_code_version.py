@@ -2,7 +2,6 @@
 import json
 import subprocess
 
-import migrate
 import rundir
 
 

@@ -3,7 +3,6 @@
 The sampler is replaced by a script that answers each prompt with a fixed completion, so every count, seed and
 score below is known in advance; no model runs here."""
 import random
-import sys
 import types
 
 import pytest
