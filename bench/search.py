@@ -44,7 +44,11 @@ from rundir import code_version, slug  # noqa: E402
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 PROTOCOLS = {  # named experiments: defaults that explicit flags still override
-    "paper": dict(task="wordsearch", targets="paper", strategies=",".join(STRATEGIES), seeds="0,1,2", budget=1000),
+    # The paper's word search: 100 iterations of 10 words (DESIGN.md), so at most 1,000 evaluations; repeats are
+    # free here, so a run evaluates fewer distinct words (about 4 new ones an iteration). The comparisons it is
+    # run for come first, so that a half-finished experiment already pairs them.
+    "paper": dict(task="wordsearch", targets="paper", seeds="0,1,2", budget=1000, iterations=100,
+                  strategies="random,ns,grpo,migrate,opro,grpo-greedy,migrate-opro,migrate-evo"),
 }
 PAIRED_REFERENCES = ("random", "ns", "grpo")  # sampling alone, the neighbourhood without training, on-policy GRPO
 TIE = 1e-6  # scores this close are one score: the same word embedded in another batch differs in the last bits
@@ -72,8 +76,13 @@ def run(args, cmd: list[str], label: str) -> None:
 
 def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
     settings = ["--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
-                "--budget", str(args.budget)] + args.extra
+                "--budget", str(args.budget)] + iteration_flag(args) + args.extra
     run(args, migrate_command(args, out, settings), f"{strategy} seed {seed}")
+
+
+def iteration_flag(args) -> list[str]:
+    """migrate.py's --iterations when the experiment caps them (else the budget alone ends a run)."""
+    return ["--iterations", str(args.iterations)] if args.iterations else []
 
 
 def timings(history: Path) -> dict:
@@ -101,13 +110,15 @@ def rate(runs: list[dict], seconds: str = "seconds") -> tuple[float, float] | No
 
 
 def estimate_seconds(runs_left: dict[str, int], trains: dict[str, bool], rates: dict[bool, tuple[float, float]],
-                     budget: int, warm: int, nproc: int) -> float:
+                     budget: int, warm: int, nproc: int, iterations: int | None = None) -> float:
     """Wall time of the runs left: each spends (budget - warm start) evaluations in iterations of its kind's
-    measured size and time; a sweep's targets are split over nproc processes running side by side."""
+    measured size and time, or stops at the iteration cap first; a sweep's targets are split over nproc
+    processes running side by side."""
     total = 0.0
     for strategy, n in runs_left.items():
         seconds, evaluations = rates[trains[strategy]]
-        total += n * math.ceil(max(budget - warm, 0) / evaluations) * seconds
+        run_iterations = math.ceil(max(budget - warm, 0) / evaluations)
+        total += n * min(run_iterations, iterations or run_iterations) * seconds
     return total / nproc
 
 
@@ -128,7 +139,7 @@ def calibrate(args, targets: list[str], strategy: str) -> dict[str, list[dict]]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "calibration"
         settings = ["--targets", ",".join(targets[:args.nproc]), "--strategy", strategy, "--seed", "0",
-                    "--budget", str(args.budget)] + args.extra + ["--iterations", "2"]
+                    "--budget", str(args.budget)] + args.extra + ["--iterations", "2"]  # the last flag counts
         run(args, migrate_command(args, out, settings), "calibration")
         return {strategy: [timings(h) for h in out.glob("*/history.jsonl")]}
 
@@ -163,7 +174,7 @@ def print_estimate(args, out: Path, targets: list[str]) -> None:
     warm = max(t["warm"] for ts in found.values() for t in ts)
     iterations = sum(t["iterations"] for ts in found.values() for t in ts)
     seconds = estimate_seconds(runs_left, trains, {True: train or sample, False: sample}, args.budget, warm,
-                               args.nproc)
+                               args.nproc, getattr(args, "iterations", None))
     print(f"estimate: {duration(seconds)} for {sum(runs_left.values())} runs with {args.nproc} "
           f"process{'es' * (args.nproc > 1)} (measured: {per_iteration(train, 'training')}"
           f"{per_iteration(sample, 'sampling-only')}over {iterations} iterations of {source}; runs that stop "
@@ -443,12 +454,13 @@ def write_curves(results: dict, out: Path, budget: int, title: str, w=720, h=420
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=PROTOCOLS, help="a named experiment (paper: the paper's word search, "
-                   "10 targets, 8 strategies, seeds 0,1,2, budget 1000); flags given beside it override it")
+                   "10 targets, 8 strategies, seeds 0,1,2, 100 iterations, budget 1000); flags beside it override it")
     p.add_argument("--task", default="wordsearch")
     p.add_argument("--targets", default="paper", help="named set or comma-separated targets")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=200, help="black-box evaluations per target and seed")
+    p.add_argument("--iterations", type=int, help="iterations per target and seed [the budget alone ends a run]")
     p.add_argument("--threshold", type=float, default=0.8, help="score whose first reach is timed")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per sweep")
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")

@@ -10,6 +10,7 @@ import bench.search as search
 from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_note, collect, curve,
                           estimate_seconds, paired_differences, parse_args, sign_test, sweeps_by_code, timings,
                           verdict, wilson, wins_ties_losses, write_table, write_target_table)
+from migrate import STRATEGIES
 
 
 def fake_run(folder, records, best, solved=False):
@@ -159,6 +160,9 @@ def test_timings_and_estimate_arithmetic(tmp_path):
     rates = {True: (10.0, 15.0), False: (4.0, 20.0)}
     assert estimate_seconds({"migrate": 3, "random": 2}, {"migrate": True, "random": False}, rates, 110, 20, 2) == 110
     assert search.duration(110) == "2 min" and search.duration(7.4 * 3600) == "7.4 h"
+    # an iteration cap of 5 stops migrate first (5 of its 6 iterations: 150 s), not random (5 of 5: 40 s)
+    assert estimate_seconds({"migrate": 3, "random": 2}, {"migrate": True, "random": False}, rates, 110, 20, 2,
+                            iterations=5) == 95
 
 
 def test_estimate_line_from_runs_of_this_code(tmp_path, monkeypatch, capsys):
@@ -201,7 +205,19 @@ def test_estimate_calibrates_when_nothing_is_timed(tmp_path, monkeypatch, capsys
 
 def test_protocol_paper_sets_defaults_that_flags_override():
     args = parse_args(["--protocol", "paper", "--nproc", "2", "--lr", "5e-4"])
-    assert (args.task, args.targets, args.seeds, args.budget) == ("wordsearch", "paper", [0, 1, 2], 1000)
-    assert len(args.strategies) == 8 and args.nproc == 2 and args.extra == ["--lr", "5e-4"]
-    assert parse_args(["--protocol", "paper", "--seeds", "0"]).seeds == [0]
-    assert parse_args([]).budget == 200
+    assert (args.task, args.targets, args.seeds, args.budget, args.iterations) == \
+        ("wordsearch", "paper", [0, 1, 2], 1000, 100)  # the paper's 100 iterations of 10 words
+    assert sorted(args.strategies) == sorted(STRATEGIES) and args.strategies[:4] == ["random", "ns", "grpo", "migrate"]
+    assert args.nproc == 2 and args.extra == ["--lr", "5e-4"]
+    assert parse_args(["--protocol", "paper", "--seeds", "0", "--iterations", "7"]).iterations == 7
+    assert parse_args([]).budget == 200 and parse_args([]).iterations is None
+
+
+def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(search, "run", lambda args, cmd, label: ran.append(cmd))
+    for argv in (["--protocol", "paper"], ["--budget", "50"]):
+        search.run_sweep(parse_args(argv + ["--lr", "1e-4"]), "grpo", 1, tmp_path / "grpo-seed1")
+    capped, uncapped = ran
+    assert capped[capped.index("--iterations") + 1] == "100" and capped[-2:] == ["--lr", "1e-4"]
+    assert "--iterations" not in uncapped and uncapped[uncapped.index("--budget") + 1] == "50"
