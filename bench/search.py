@@ -11,6 +11,9 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
                         the mean difference of best score with a 95 % percentile-bootstrap interval over pairs, the
                         exact two-sided sign test (ties dropped), wins/ties/losses and a verdict;
   targets.md            the best score per target and strategy, averaged over seeds;
+  dynamics.md           per strategy, how it searched: iterations, GRPO updates taken and skipped, how far an
+                        update moved the policy (token ratio, clipped fraction), the share of sampled candidates
+                        that were new, runs that stalled;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
 The report never mixes code versions: it reads the sweeps of one code_hash (config.json's `code`; default the
@@ -258,9 +261,28 @@ def curve(run_dir: Path, budget: int) -> list[float]:
     return points + [best] * (budget + 1 - len(points))
 
 
+def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
+    """What a run's log says about how it searched: iterations run; GRPO updates taken and skipped (a group with
+    no signal); how far each update moved the policy, as |token ratio - 1| and the clipped fraction of its last
+    step (the ratio is 1 before the first step, so this is the step's own move); the share of sampled candidates
+    (greedy re-inserts left out) that were new; and whether it stalled (stopped by --patience: neither solved,
+    nor at its iteration cap, nor out of budget)."""
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r.get("iteration") != 0]  # the warm start is no iteration
+    updates = [r for r in records if r.get("ratio_mean") is not None]
+    sampled = [c for r in records for m in r.get("members", []) if m["origin"] != "greedy" for c in m["candidates"]]
+    last = records[-1] if records else {}
+    stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
+               and last.get("best_score", 0.0) < 1)
+    return dict(iterations=len(records), updates=len(updates), skipped=sum("skipped" in r for r in records),
+                ratio_moves=[abs(r["ratio_mean"] - 1) for r in updates],
+                clip=[r["clip_fraction"] for r in updates],
+                new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled), stalled=stalled)
+
+
 def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = None) -> dict:
-    """strategy -> list of runs {seed, target, best, solved, first_hit, curve}, from the given sweep folders
-    only (None: all)."""
+    """strategy -> list of runs {seed, target, best, solved, first_hit, curve, dynamics}, from the given sweep
+    folders only (None: all)."""
     results = {}
     for strategy in args.strategies:
         for seed in args.seeds:
@@ -274,8 +296,12 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
                 b = json.loads((d / "best.json").read_text())
                 c = curve(d, args.budget)
                 hit = next((e for e, v in enumerate(c) if v >= args.threshold), None)
+                config = sweep / "config.json"
+                settings = json.loads(config.read_text())["settings"] if config.exists() else {}
+                dynamics = run_dynamics(d, settings.get("iterations", math.inf), settings.get("budget", math.inf))
                 results.setdefault(strategy, []).append(dict(seed=seed, target=t, best=b["best_score"],
-                                                             solved=b["solved"], first_hit=hit, curve=c))
+                                                             solved=b["solved"], first_hit=hit, curve=c,
+                                                             dynamics=dynamics))
     return results
 
 
@@ -408,6 +434,29 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
     return text
 
 
+def write_dynamics_table(results: dict, out: Path) -> str:
+    """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
+    md = ["| strategy | runs | iterations (mean) | updates / skipped (mean) | mean |ratio - 1| per update | "
+          "max |ratio - 1| | clipped fraction (mean) | sampled candidates new | stalled runs |", "|---" * 9 + "|"]
+    for strategy, runs in results.items():
+        d = [r["dynamics"] for r in runs]
+        moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
+        mean = lambda xs, f="{:.4f}": f.format(sum(xs) / len(xs)) if xs else "-"  # noqa: E731
+        sampled = sum(x["sampled"] for x in d)
+        md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
+                  f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
+                  f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
+                  f"{sum(x['new'] for x in d) / sampled:.3f} | {sum(x['stalled'] for x in d)} |"
+                  if sampled else f"| {strategy} | {len(runs)} | - | - | - | - | - | - | - |")
+    md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
+               "steps (1 before any step), and the fraction of tokens clipped there. New: the share of candidates "
+               "from sampled members (greedy re-inserts left out) that no earlier iteration had scored. Stalled: "
+               "stopped by --patience, neither solved nor at the iteration cap or budget."]
+    text = "\n".join(md) + "\n"
+    (out / "dynamics.md").write_text(text)
+    return text
+
+
 def write_target_table(results: dict, out: Path, targets: list[str]) -> None:
     """targets.md: per target (rows) and strategy (columns), the best score averaged over seeds."""
     strategies = list(results)
@@ -498,9 +547,10 @@ def main():
     results = collect(args, out, targets, groups[code])
     print(write_table(results, out, args.threshold, code_note(groups, code)))
     write_target_table(results, out, targets)
+    print(write_dynamics_table(results, out))
     write_curves(results, out, args.budget, f"{args.task}: best so far vs evaluations ({len(targets)} targets, "
                                             f"seeds {','.join(map(str, args.seeds))})")
-    print(f"wrote {out}/table.md, table.csv, paired.csv, targets.md, curves.svg")
+    print(f"wrote {out}/table.md, table.csv, paired.csv, targets.md, dynamics.md, curves.svg")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,34 @@ def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
     capped, uncapped = ran
     assert capped[capped.index("--iterations") + 1] == "100" and capped[-2:] == ["--lr", "1e-4"]
     assert "--iterations" not in uncapped and uncapped[uncapped.index("--budget") + 1] == "50"
+
+
+def test_run_dynamics_and_its_table(tmp_path):
+    def member(origin, *statuses):
+        return dict(origin=origin, candidates=[dict(candidate="w", score=0.1, status=s) for s in statuses])
+    warm = dict(iteration=0, evaluations=20, best_score=0.3)
+    records = [warm,
+               dict(iteration=1, evaluations=23, best_score=0.4, ratio_mean=0.99, clip_fraction=0.0,
+                    members=[member("online", "new", "new", "repeat"), member("greedy", "repeat")]),
+               dict(iteration=2, evaluations=23, best_score=0.4, loss=None, skipped="no signal in this group",
+                    members=[member("neighbourhood", "repeat"), member("greedy", "repeat")]),
+               dict(iteration=3, evaluations=24, best_score=0.4, ratio_mean=1.03, clip_fraction=0.1,
+                    members=[member("online", "new", "over_budget")])]
+    fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4)
+    d = search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=100, budget=1000)
+    # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 2 = 6,
+    # 3 of them new; it stopped at iteration 3 of 100 with 24 of 1000 evaluations, unsolved: stalled
+    assert d["ratio_moves"] == pytest.approx([0.01, 0.03]) and d["clip"] == [0.0, 0.1]
+    assert {k: v for k, v in d.items() if k not in ("ratio_moves", "clip")} == dict(
+        iterations=3, updates=2, skipped=1, new=3, sampled=6, stalled=True)
+    assert not search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=3, budget=1000)["stalled"]
+    random_run = dict(iteration=1, evaluations=22, best_score=0.3, members=[member("online", "new", "repeat")])
+    fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3)
+    for strategy in ("grpo", "random"):
+        fake_config(tmp_path / f"{strategy}-seed0", strategy=strategy, extra=None)
+    args = Namespace(strategies=["grpo", "random"], seeds=[0], budget=30, threshold=0.9)
+    text = search.write_dynamics_table(search.collect(args, tmp_path, ["cat"]), tmp_path)
+    rows = text.splitlines()
+    assert rows[2] == "| grpo | 1 | 3.0 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.500 | 1 |"
+    assert rows[3] == "| random | 1 | 1.0 | 0.0 / 0.0 | - | - | - | 0.500 | 1 |"  # no iteration cap known: inf
+    assert (tmp_path / "dynamics.md").read_text() == text
