@@ -52,6 +52,14 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
     # run for come first, so that a half-finished experiment already pairs them.
     "paper": dict(task="wordsearch", targets="paper", seeds="0,1,2", budget=1000, iterations=100,
                   strategies="random,ns,grpo,migrate,opro,grpo-greedy,migrate-opro,migrate-evo"),
+    # Settings for a small model are chosen here, on five other words, one --out per candidate setting, e.g.
+    # `--protocol tune --lr 5e-4 --out results/tune/lr5e-4`; never on the ten reported targets.
+    "tune": dict(task="wordsearch", targets="lantern,sawdust,greenhouse,trombone,pancake", seeds="0,1",
+                 budget=1000, iterations=100, strategies="grpo,migrate"),
+    # The paper's molecule runs on the RDKit objectives (docking: --targets dock:DRD2,...): 40 iterations of 5.
+    "molecules": dict(task="molecule", targets="rediscover:celecoxib,qed,mpo,logp-window", seeds="0,1,2",
+                      budget=1000, iterations=40,
+                      strategies="random,ns,grpo,migrate,opro,grpo-greedy,migrate-opro,migrate-evo"),
 }
 PAIRED_REFERENCES = ("random", "ns", "grpo")  # sampling alone, the neighbourhood without training, on-policy GRPO
 TIE = 1e-6  # scores this close are one score: the same word embedded in another batch differs in the last bits
@@ -503,7 +511,8 @@ def write_curves(results: dict, out: Path, budget: int, title: str, w=720, h=420
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=PROTOCOLS, help="a named experiment (paper: the paper's word search, "
-                   "10 targets, 8 strategies, seeds 0,1,2, 100 iterations, budget 1000); flags beside it override it")
+                   "10 targets, 8 strategies, seeds 0,1,2, 100 iterations, budget 1000; tune: five other words for "
+                   "choosing settings; molecules: the RDKit objectives, 40 iterations); flags beside it override it")
     p.add_argument("--task", default="wordsearch")
     p.add_argument("--targets", default="paper", help="named set or comma-separated targets")
     p.add_argument("--strategies", default=",".join(STRATEGIES))

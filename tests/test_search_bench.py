@@ -213,6 +213,14 @@ def test_protocol_paper_sets_defaults_that_flags_override():
     assert parse_args([]).budget == 200 and parse_args([]).iterations is None
 
 
+def test_protocols_name_real_strategies_and_tune_on_other_targets():
+    from tasks.wordsearch import PAPER_TARGETS
+    for name, protocol in search.PROTOCOLS.items():
+        strategies = protocol["strategies"].split(",")
+        assert len(set(strategies)) == len(strategies) and set(strategies) <= set(STRATEGIES), name
+    assert not set(search.PROTOCOLS["tune"]["targets"].split(",")) & set(PAPER_TARGETS)
+
+
 def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(search, "run", lambda args, cmd, label: ran.append(cmd))
