@@ -282,10 +282,12 @@ def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
     last = records[-1] if records else {}
     stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
                and last.get("best_score", 0.0) < 1)
+    drift = run_dir / "drift.json"  # bench/drift.py: KL of the trained policy to the base, when measured
     return dict(iterations=len(records), updates=len(updates), skipped=sum("skipped" in r for r in records),
                 ratio_moves=[abs(r["ratio_mean"] - 1) for r in updates],
                 clip=[r["clip_fraction"] for r in updates],
-                new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled), stalled=stalled)
+                new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled), stalled=stalled,
+                kl=json.loads(drift.read_text())["kl_per_token"] if drift.exists() else None)
 
 
 def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = None) -> dict:
@@ -445,21 +447,25 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
 def write_dynamics_table(results: dict, out: Path) -> str:
     """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
     md = ["| strategy | runs | iterations (mean) | updates / skipped (mean) | mean |ratio - 1| per update | "
-          "max |ratio - 1| | clipped fraction (mean) | sampled candidates new | stalled runs |", "|---" * 9 + "|"]
+          "max |ratio - 1| | clipped fraction (mean) | KL to base per token (runs) | sampled candidates new | "
+          "stalled runs |", "|---" * 10 + "|"]
     for strategy, runs in results.items():
         d = [r["dynamics"] for r in runs]
         moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
+        kls = [x["kl"] for x in d if x["kl"] is not None]
         mean = lambda xs, f="{:.4f}": f.format(sum(xs) / len(xs)) if xs else "-"  # noqa: E731
         sampled = sum(x["sampled"] for x in d)
         md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
                   f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
                   f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
+                  f"{mean(kls, '{:.5f}')} ({len(kls)}) | "
                   f"{sum(x['new'] for x in d) / sampled:.3f} | {sum(x['stalled'] for x in d)} |"
-                  if sampled else f"| {strategy} | {len(runs)} | - | - | - | - | - | - | - |")
+                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 8)
     md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
                "steps (1 before any step), and the fraction of tokens clipped there. New: the share of candidates "
-               "from sampled members (greedy re-inserts left out) that no earlier iteration had scored. Stalled: "
-               "stopped by --patience, neither solved nor at the iteration cap or budget."]
+               "from sampled members (greedy re-inserts left out) that no earlier iteration had scored. KL: "
+               "bench/drift.py's KL(trained || base) per token on the trained policy's own answers, over the runs "
+               "it measured. Stalled: stopped by --patience, neither solved nor at the iteration cap or budget."]
     text = "\n".join(md) + "\n"
     (out / "dynamics.md").write_text(text)
     return text
