@@ -132,8 +132,9 @@ def estimate_seconds(runs_left: dict[str, int], trains: dict[str, bool], rates: 
     total = 0.0
     for strategy, n in runs_left.items():
         seconds, evaluations = rates[trains[strategy]]
-        run_iterations = math.ceil(max(budget - warm, 0) / evaluations)
-        total += n * min(run_iterations, iterations or run_iterations) * seconds
+        # iterations that scored nothing new never reach the budget: then only the iteration cap ends a run
+        run_iterations = math.ceil(max(budget - warm, 0) / evaluations) if evaluations else math.inf
+        total += n * min(run_iterations, iterations or math.inf) * seconds
     return total / nproc
 
 
@@ -201,6 +202,8 @@ def per_iteration(r: tuple[float, float] | None, kind: str) -> str:
 
 
 def duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "unknown (the timed iterations scored nothing new and no iteration cap is set)"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 

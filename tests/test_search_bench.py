@@ -163,6 +163,11 @@ def test_timings_and_estimate_arithmetic(tmp_path):
     # an iteration cap of 5 stops migrate first (5 of its 6 iterations: 150 s), not random (5 of 5: 40 s)
     assert estimate_seconds({"migrate": 3, "random": 2}, {"migrate": True, "random": False}, rates, 110, 20, 2,
                             iterations=5) == 95
+    # iterations that scored nothing (a model that writes no valid molecule): only the cap ends a run
+    rates[True] = (10.0, 0.0)
+    assert estimate_seconds({"migrate": 3}, {"migrate": True}, rates, 110, 20, 2, iterations=5) == 75
+    assert search.duration(estimate_seconds({"migrate": 3}, {"migrate": True}, rates, 110, 20, 2)).startswith(
+        "unknown")
 
 
 def test_estimate_line_from_runs_of_this_code(tmp_path, monkeypatch, capsys):
