@@ -238,16 +238,29 @@ def write_summary(out: Path, targets: list[str]) -> list[dict]:
 # Which code made a run: config.json records it, so published results say which code made them.
 
 CODE_FILES = ("*.py", "tasks/*.py")  # what decides a run's results (bench/ and tests/ do not)
+# Files that only one built-in task runs. A task's hash leaves out the other tasks' files, so that work on one
+# task does not turn a long experiment on another into "other code"; any file not listed counts for every task.
+TASK_ONLY_FILES = {"wordsearch": ("tasks/wordsearch.py", "tasks/minilm.py"),
+                   "molecule": ("tasks/molecule.py",),
+                   "arc": ("tasks/arc.py", "tasks/arc_common.py", "tasks/sandbox.py", "tasks/sandbox_worker.py")}
 
 
-def code_version(root: Path = Path(__file__).resolve().parent) -> dict:
+def code_files(root: Path, task: str | None = None) -> list[Path]:
+    """The code files whose content decides a run of `task` (None or a task of your own: all of them)."""
+    others = {f for name, files in TASK_ONLY_FILES.items() if name != task for f in files} \
+        if task in TASK_ONLY_FILES else set()
+    return [path for pattern in CODE_FILES for path in sorted(root.glob(pattern))
+            if path.relative_to(root).as_posix() not in others]
+
+
+def code_version(root: Path = Path(__file__).resolve().parent, task: str | None = None) -> dict:
     """{"commit": git HEAD or None, "dirty": uncommitted changes to the code files, "code_hash": sha256 of the code
-    files}. The hash is what resume compares: a commit that only touched the README changes nothing."""
+    files of `task` (code_files)}. The hash is what resume compares: a commit that only touched the README, or
+    only another task's files, changes nothing."""
     import subprocess
     h = hashlib.sha256()
-    for pattern in CODE_FILES:
-        for path in sorted(root.glob(pattern)):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in code_files(root, task):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     commit, dirty = None, None
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
@@ -267,7 +280,7 @@ def prepare_out_dir(out: Path, resume: bool, settings: dict, targets: list[str])
     """Lock the run folder, then write config.json for a new run, or check it for --resume. Only a folder whose
     search has saved its state is taken: one left by a start that failed (bad --model, failed download) is
     simply reused by the next command, which may then change any setting."""
-    config = dict(settings=settings, targets=targets, code=code_version())
+    config = dict(settings=settings, targets=targets, code=code_version(task=settings.get("task")))
     if resume:
         saved = read_config(out)  # before the lock: a folder that is no run folder is not created or touched
         lock_folder(out)

@@ -164,7 +164,7 @@ def measured_timings(args, out: Path, targets: list[str], trains: dict[str, bool
                      runs_left: dict[str, int]) -> tuple[dict[str, list[dict]], str]:
     """Timings of the runs of this code in --out, or of a calibration run when those cannot time what is left
     (nothing timed, or training runs to do and no training iteration timed). Also says where they come from."""
-    found = {s: ts for s, ts in history_timings(out, code_version()["code_hash"]).items()
+    found = {s: ts for s, ts in history_timings(out, code_version(task=args.task)["code_hash"]).items()
              if any(t["iterations"] for t in ts)}
     if found and (any(trains.get(s) for s in found) or not any(trains[s] for s in runs_left)):
         return found, f"{sum(map(len, found.values()))} runs of this code in {out}"

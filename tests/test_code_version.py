@@ -1,6 +1,7 @@
 """Every run folder records the code that made it (config.json "code"), and says so when resumed by other code."""
 import json
 import subprocess
+from pathlib import Path
 
 import rundir
 
@@ -16,6 +17,31 @@ def test_code_hash_follows_the_code_files_only(tmp_path):
     assert rundir.code_version(tmp_path)["code_hash"] == first["code_hash"]
     (tmp_path / "tasks" / "t.py").write_text("y = 3\n")
     assert rundir.code_version(tmp_path)["code_hash"] != first["code_hash"]
+
+
+def test_a_tasks_hash_leaves_out_the_other_tasks_files(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    for name in ("migrate.py", "tasks/__init__.py", "tasks/wordsearch.py", "tasks/arc.py", "tasks/mine.py"):
+        (tmp_path / name).write_text("v = 1\n")
+    before = {task: rundir.code_version(tmp_path, task)["code_hash"] for task in ("wordsearch", "arc", None)}
+    (tmp_path / "tasks" / "arc.py").write_text("v = 2\n")  # ARC's own file: word search runs are the same code
+    after = {task: rundir.code_version(tmp_path, task)["code_hash"] for task in ("wordsearch", "arc", None)}
+    assert after["wordsearch"] == before["wordsearch"]
+    assert after["arc"] != before["arc"] and after[None] != before[None]
+    for shared in ("migrate.py", "tasks/mine.py"):  # shared code, and a file no task claims, count for every task
+        (tmp_path / shared).write_text("v = 3\n")
+        now = rundir.code_version(tmp_path, "wordsearch")["code_hash"]
+        assert now != after["wordsearch"]
+        after["wordsearch"] = now
+
+
+def test_every_task_only_file_exists_and_each_task_claims_its_module():
+    import tasks
+    root = Path(rundir.__file__).parent
+    for task, files in rundir.TASK_ONLY_FILES.items():
+        assert all((root / f).is_file() for f in files), task
+        module = tasks.task_class(task).__module__.replace(".", "/") + ".py"
+        assert module in files, task
 
 
 def test_the_commit_is_git_head_and_dirty_says_whether_code_changed_since(tmp_path):

@@ -171,7 +171,7 @@ def test_timings_and_estimate_arithmetic(tmp_path):
 
 
 def test_estimate_line_from_runs_of_this_code(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(search, "code_version", lambda: dict(commit="c", dirty=False, code_hash="now"))
+    monkeypatch.setattr(search, "code_version", lambda task: dict(commit="c", dirty=False, code_hash="now"))
     code = dict(commit="c", dirty=False, code_hash="now")
     fake_config(tmp_path / "migrate-seed0", code, "migrate", ["cat", "dog"])
     fake_config(tmp_path / "random-seed0", code, "random", ["cat", "dog"])
@@ -190,7 +190,7 @@ def test_estimate_line_from_runs_of_this_code(tmp_path, monkeypatch, capsys):
 
 
 def test_estimate_calibrates_when_nothing_is_timed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(search, "code_version", lambda: dict(commit="c", dirty=False, code_hash="now"))
+    monkeypatch.setattr(search, "code_version", lambda task: dict(commit="c", dirty=False, code_hash="now"))
     called = []
 
     def fake_calibrate(args, targets, strategy):
