@@ -306,6 +306,8 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
             sweep = out / f"{strategy}-seed{seed}"
             if sweeps is not None and sweep not in sweeps:
                 continue
+            config = sweep / "config.json"
+            settings = json.loads(config.read_text())["settings"] if config.exists() else {}
             for t in targets:
                 d = sweep / slug(t)
                 if not (d / "best.json").exists():
@@ -313,8 +315,6 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
                 b = json.loads((d / "best.json").read_text())
                 c = curve(d, args.budget)
                 hit = next((e for e, v in enumerate(c) if v >= args.threshold), None)
-                config = sweep / "config.json"
-                settings = json.loads(config.read_text())["settings"] if config.exists() else {}
                 dynamics = run_dynamics(d, settings.get("iterations", math.inf), settings.get("budget", math.inf))
                 results.setdefault(strategy, []).append(dict(seed=seed, target=t, best=b["best_score"],
                                                              solved=b["solved"], first_hit=hit, curve=c,
