@@ -259,16 +259,15 @@ def code_version(root: Path = Path(__file__).resolve().parent, task: str | None 
     only another task's files, changes nothing."""
     import subprocess
     h = hashlib.sha256()
-    files = [path.relative_to(root).as_posix() for path in code_files(root, task)]
-    for name in files:
-        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    for path in code_files(root, task):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     commit, dirty = None, None
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
         head = git("rev-parse", "HEAD")
         if head.returncode == 0:
             commit = head.stdout.strip()
-            dirty = bool(git("status", "--porcelain", "--", *files).stdout.strip())
+            dirty = bool(git("status", "--porcelain", "--", *CODE_FILES).stdout.strip())
     except (OSError, subprocess.SubprocessError):  # no git: the hash still identifies the code
         pass
     return dict(commit=commit, dirty=dirty, code_hash=h.hexdigest()[:16])
