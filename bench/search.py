@@ -16,6 +16,8 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
                         that were new, runs that stalled;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
+With --compare DIR,DIR,... it instead pairs sweeps made under different settings (one folder each, the first the
+reference) per strategy on the same target and seed, and writes settings.md into --out.
 The report never mixes code versions: it reads the sweeps of one code_hash (config.json's `code`; default the
 newest that has runs, or --code-hash) and says how many runs of other code it left out.
 
@@ -53,7 +55,9 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
     "paper": dict(task="wordsearch", targets="paper", seeds="0,1,2", budget=1000, iterations=100,
                   strategies="random,ns,grpo,migrate,opro,grpo-greedy,migrate-opro,migrate-evo"),
     # Settings for a small model are chosen here, on five other words, one --out per candidate setting, e.g.
-    # `--protocol tune --lr 5e-4 --out results/tune/lr5e-4`; never on the ten reported targets.
+    # `--protocol tune --lr 5e-4 --out results/tune/lr5e-4`; never on the ten reported targets. Then
+    # `--compare results/tune/lr5e-5,results/tune/lr5e-4 --out results/tune` pairs them (settings.md), and the
+    # setting with the highest mean best score over all its runs is the one frozen for the ten.
     "tune": dict(task="wordsearch", targets="lantern,sawdust,greenhouse,trombone,pancake", seeds="0,1",
                  budget=1000, iterations=100, strategies="grpo,migrate"),
     # The paper's molecule runs on the RDKit objectives (docking: --targets dock:DRD2,...): 40 iterations of 5.
@@ -451,6 +455,48 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
     return text
 
 
+def setting_results(args, folder: Path) -> dict:
+    """One setting's runs (one --out folder of a tuning sweep), from its newest code with finished runs."""
+    groups = sweeps_by_code(folder)
+    if not groups:
+        sys.exit(f"nothing to compare in {folder}")
+    code = choose_code(groups, args.code_hash)
+    targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
+    return collect(args, folder, targets, groups[code])
+
+
+def compare_settings(args, folders: list[Path], out: Path) -> str:
+    """settings.md: each setting (one folder each, e.g. one learning rate) against the first, per strategy and for
+    all strategies pooled, paired on (strategy, target, seed). The pooled mean is what chooses a setting."""
+    by_setting = {f.name: setting_results(args, f) for f in folders}
+    first = folders[0].name
+    md = [f"| setting | strategy | runs | best score (mean) | solved | diff vs {first} | 95 % CI | sign-test p | "
+          f"W/T/L | verdict |", "|---" * 10 + "|"]
+    for name, results in by_setting.items():
+        pooled = []
+        for strategy in [*results, "all"]:
+            if strategy == "all":
+                runs, diffs = [r for rs in results.values() for r in rs], pooled
+            else:
+                runs = results[strategy]
+                diffs = paired_differences(runs, by_setting[first].get(strategy, []))
+                pooled += diffs
+            if not runs:
+                continue
+            row = f"| {name} | {strategy} | {len(runs)} | {mean_std([r['best'] for r in runs])[0]:.3f} | " \
+                  f"{sum(bool(r['solved']) for r in runs)}/{len(runs)} |"
+            if name == first or not diffs:
+                md.append(row + " - | - | - | - | - |")
+                continue
+            w, t, l = wins_ties_losses(diffs)
+            ci, p = bootstrap_interval(diffs), sign_test(w, l)
+            md.append(row + f" {sum(diffs) / len(diffs):+.3f} | [{ci[0]:+.3f}, {ci[1]:+.3f}] | {p:.3f} | "
+                            f"{w}/{t}/{l} | {verdict(ci, p)} |")
+    text = "\n".join(md) + "\n"
+    (out / "settings.md").write_text(text)
+    return text
+
+
 def write_dynamics_table(results: dict, out: Path) -> str:
     """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
     md = ["| strategy | runs | iterations (mean) | updates / skipped (mean) | mean |ratio - 1| per update | "
@@ -538,6 +584,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--out", default="results/search")
     p.add_argument("--report-only", action="store_true", help="only aggregate what is already there")
+    p.add_argument("--compare", help="comma-separated --out folders of one sweep each under another setting (the "
+                   "first is the reference): write settings.md into --out and stop")
     p.add_argument("--estimate-only", action="store_true", help="print the wall-time estimate and stop")
     p.add_argument("--code-hash", help="report the runs of this code (a code_hash prefix, or 'older' for runs "
                    "from before config.json recorded code) [the newest code with runs]")
@@ -554,6 +602,9 @@ def main():
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        print(compare_settings(args, [Path(f) for f in args.compare.split(",")], out))
+        return
     if not args.report_only:
         print_estimate(args, out, expand_targets(Namespace(target=None, targets=args.targets),
                                                  load_task_class(args.task)))

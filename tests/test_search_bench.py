@@ -266,3 +266,23 @@ def test_run_dynamics_and_its_table(tmp_path):
     assert rows[2] == "| grpo | 1 | 3.0 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.01250 (1) | 0.500 | 1 |"
     assert rows[3] == "| random | 1 | 1.0 | 0.0 / 0.0 | - | - | - | - (0) | 0.500 | 1 |"  # no cap known: inf
     assert (tmp_path / "dynamics.md").read_text() == text
+
+
+def test_compare_settings_pairs_each_setting_with_the_first(tmp_path):
+    # two settings, two strategies, runs on (seed 0, cat) and (seed 0, dog); "fast" against "paper":
+    # grpo 0.5 - 0.2 = +0.3 and 0.4 - 0.4 = 0 (a tie); migrate 0.9 - 0.3 = +0.6 and 0.1 - 0.5 = -0.4
+    bests = {"paper": {"grpo": (0.2, 0.4), "migrate": (0.3, 0.5)}, "fast": {"grpo": (0.5, 0.4), "migrate": (0.9, 0.1)}}
+    for setting, by_strategy in bests.items():
+        for strategy, (cat, dog) in by_strategy.items():
+            sweep = tmp_path / setting / f"{strategy}-seed0"
+            fake_config(sweep, code=dict(code_hash="abc", commit="c0ffee0", dirty=False), strategy=strategy,
+                        targets=("cat", "dog"))
+            for target, b in (("cat", cat), ("dog", dog)):
+                fake_run(sweep / target, [dict(evaluations=1, best_score=b)], b, solved=b == 0.9)
+    args = parse_args(["--strategies", "grpo,migrate", "--seeds", "0", "--budget", "2"])
+    text = search.compare_settings(args, [tmp_path / "paper", tmp_path / "fast"], tmp_path)
+    assert "| paper | all | 4 | 0.350 | 0/4 | - | - | - | - | - |" in text
+    # pooled diffs +0.3, 0, +0.6, -0.4: mean +0.125; sign test 2 wins 1 loss: p = 2 * (1 + 3) / 8 = 1
+    assert "| fast | all | 4 | 0.475 | 1/4 | +0.125 | [" in text and "| 1.000 | 2/1/1 | not distinguishable |" in text
+    assert "| fast | grpo | 2 | 0.450 | 0/2 | +0.150 | [+0.000, +0.300] | 1.000 | 1/1/0 |" in text
+    assert (tmp_path / "settings.md").read_text() == text
