@@ -23,14 +23,21 @@ the prompt (its examples, the NS seed), `distinct` the number of different new m
 mean completion reward (copies included). The baseline ("before") is the task's earlier prompts, kept in this
 file: the examples procaine and indole in the instructions. Ours shows small acyclic examples as earlier
 assistant answers ("Good. Propose 5 more new molecules, different from these.") and, for NS, two worked
-seed-to-variations answers before the real seed. Measured on CPU, OMP_NUM_THREADS=1, n=64, seed 0 (seed 1 in
-brackets), usable / copied / distinct / reward:
+seed-to-variations answers before the real seed. Measured at 5 molecules per answer (MoleculeTask(n=5)), on CPU,
+OMP_NUM_THREADS=1, n=64, seed 0 (seed 1 in brackets), usable / copied / distinct / reward:
 
     on-policy before  0.11 / 0.06 /  6 / 0.009   (0.20 / 0.14 / 10 / 0.021)
     on-policy ours    0.41 / 0.02 / 33 / 0.016   (0.42 / 0.03 / 34 / 0.020)
     NS before         0.06 / 0.00 /  6 / 0.002   (0.06 / 0.06 /  3 / 0.005)
     NS ours           0.38 / 0.03 / 26 / 0.032   (0.36 / 0.11 / 27 / 0.046)
 
+At one molecule per answer (n = 1, the task's default as in the released scripts), seeds 0, 1, 2, n=64 each,
+usable / copied: the on-policy prompt with two earlier answers of one example each (how the n = 5 prompt read at
+n = 1) 0.10 (of 48) / 0.06 / 0.06 usable; with the ten examples as ten earlier answers of one (ours since) 0.27 / 0.30 /
+0.22, copied 0.03 / 0.02 / 0.05. The neighbourhood prompt with one worked variation per example (ours) 0.19 / 0.16 /
+0.33, copied 0.17 / 0.14 / 0.11; with all five variations shown, 0.27 / 0.31 / 0.22 (copied 0.08 / 0.19 / 0.19),
+not distinguishable, so not kept. The default run (below) prints seed 0; its "before" rows, the procaine and
+indole prompts at n = 1, gave 0.09 and 0.09.
 The rest still fails mostly by writing letters that are not elements ("DISCO(D)=OIL"). Screened and dropped
 (16-64 completions, some at 96 new tokens): the word-search recipe (drug-like examples in one past answer marked
 "Wrong") 0.00-0.06 usable; small ring-containing examples 0.12; the acyclic examples in the instructions 0.39

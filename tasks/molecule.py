@@ -55,10 +55,11 @@ DRUGS = {
     "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C",  # C8H10N4O2
 }
 
-# Real molecules shown in prompts (a 135M model copies placeholder text such as "SMILES1" verbatim): two past
-# answers of the on-policy prompt, EXAMPLES[:5] and EXAMPLES[5:]. Small and acyclic on purpose: SmolLM2-135M at
-# temperature 1 imitates what it sees, and a slip in a short chain (an atom changed, a branch added) usually still
-# gives a valid molecule, where a slip in a ring closure or an aromatic ring does not (bench/prompt_parse.py).
+# Real molecules shown in prompts (a 135M model copies placeholder text such as "SMILES1" verbatim): the on-policy
+# prompt's past answers, n molecules each (ten answers at n = 1, two at n = 5). Small and acyclic on purpose:
+# SmolLM2-135M at temperature 1 imitates what it sees, and a slip in a short chain (an atom changed, a branch
+# added) usually still gives a valid molecule, where a slip in a ring closure or an aromatic ring does not
+# (bench/prompt_parse.py).
 EXAMPLES = ["CCOC(C)=O", "CCN(CC)CCO", "CC(C)CC(=O)O", "CC(N)C(=O)O", "OCC(O)CO",
             "CCCN(C)C", "CC(C)OC(C)=O", "NCCO", "CCC(=O)N", "COCCOC"]
 # Two worked neighbourhood answers (seed, its variations) shown before the real seed: one chain, one ring.
@@ -392,13 +393,13 @@ class MoleculeTask(tasks.Task):
     # Measured with bench/prompt_parse.py --task molecule (SmolLM2-135M, temperature 1): with procaine and indole
     # as examples in the instructions, 6-20% of answers held a new valid molecule; with small acyclic examples as
     # earlier answers, the on-policy and neighbourhood prompts reach 36-42%, with 2-11% of answers only copies.
-    # Those figures are for n = 5 prompts; the n = 1 wording (the default) has not been measured yet.
+    # Those figures are for n = 5; at n = 1 (the default) 22-30% and 16-33% (module docstring of the bench).
     def _system(self) -> dict:
         return {"role": "system", "content": "You are an expert medicinal chemist. You answer with JSON only."}
 
     def _answer(self, smiles: list[str]) -> dict:
-        """An earlier assistant turn holding up to n of `smiles` in the answer format."""
-        return {"role": "assistant", "content": json.dumps({"response": smiles[:self.n]})}
+        """An earlier assistant turn holding `smiles` in the answer format."""
+        return {"role": "assistant", "content": json.dumps({"response": smiles})}
 
     def _count(self, noun: str) -> str:
         """'one new molecule' at n = 1, '5 new molecules' otherwise: the prompts read naturally at any n."""
@@ -408,13 +409,17 @@ class MoleculeTask(tasks.Task):
         return f"Answer with a JSON object holding a list of {self._count('SMILES string')}"
 
     def prompt(self) -> tasks.Prompt:
-        # Two earlier answers (accepted, then "more, different from these") show the format and keep SMILES in
-        # view; the model continues the pattern with new molecules instead of copying an example.
+        # Earlier answers of n molecules each (accepted, then "more, different from these") show the format and
+        # keep all ten examples in view, whatever n; the model continues the pattern with new molecules instead of
+        # copying one. Two answers of one example each (the n = 1 prompt until measured) held a new valid
+        # molecule in 10 % of completions, ten answers of one in 25 %.
         ask = (f"Propose {self._count('new molecule')}. We want molecules that {describe(self.target)}. "
                f"{self._format()}.")
         more = {"role": "user", "content": f"Good. Propose {self._count('more new molecule')}, different from these."}
-        return tasks.Prompt([self._system(), {"role": "user", "content": ask}, self._answer(EXAMPLES[:5]), more,
-                             self._answer(EXAMPLES[5:]), more], RESPONSE_PREFIX)
+        messages = [self._system(), {"role": "user", "content": ask}]
+        for start in range(0, len(EXAMPLES), self.n):
+            messages += [self._answer(EXAMPLES[start:start + self.n]), more]
+        return tasks.Prompt(messages, RESPONSE_PREFIX)
 
     def _vary(self, seed: str) -> str:
         return (f"Here is a molecule: {seed}\nPropose {self._count('small variation')} of it (change, add or remove "
@@ -422,10 +427,12 @@ class MoleculeTask(tasks.Task):
 
     def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
         # Two worked examples of the request, then the real seed as the last thing the model reads: with the seed
-        # further back, the model varied the worked examples' seeds instead.
+        # further back, the model varied the worked examples' seeds instead. At n = 1 each worked answer shows one
+        # variation; showing all five was not distinguishable (a new valid molecule in 0.27 of completions against
+        # 0.23, seeds 0-2 of 64 each, per seed -0.11 to +0.15: bench/prompt_parse.py).
         messages = [self._system()]
         for demo_seed, variations in NS_EXAMPLES:
-            messages += [{"role": "user", "content": self._vary(demo_seed)}, self._answer(variations)]
+            messages += [{"role": "user", "content": self._vary(demo_seed)}, self._answer(variations[:self.n])]
         messages.append({"role": "user", "content": f"Good. Now propose {self._count('small variation')} of this "
                                                     f"molecule: {seed}"})
         return tasks.Prompt(messages, RESPONSE_PREFIX)

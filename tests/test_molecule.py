@@ -195,25 +195,31 @@ def test_prompts_share_the_prefix_and_show_real_examples():
 
 @pytest.mark.parametrize("n", [1, 4, 5, 7])
 def test_on_policy_and_ns_examples_are_earlier_assistant_answers(n):
-    """The format examples sit in earlier assistant turns, each a valid answer of at most n molecules that the
-    task parses back, and never in the last user message (where SmolLM2-135M copied them)."""
+    """The format examples sit in earlier assistant turns, each a valid answer that the task parses back, and never
+    in the last user message (where SmolLM2-135M copied them). On-policy answers hold n examples each, all ten
+    examples in view; the two worked neighbourhood answers hold n variations each (at most the five there are)."""
     task = MoleculeTask("qed", n=n)
     seed = rdkit_canon(ASPIRIN)
     shown = set(molecule.EXAMPLES) | {s for seed_, variations in molecule.NS_EXAMPLES for s in [seed_, *variations]}
     for p in [task.prompt(), task.neighbourhood_prompt(seed)]:
-        answers = [m["content"] for m in p.messages if m["role"] == "assistant"]
-        assert len(answers) == 2
+        answers = [json.loads(m["content"])["response"] for m in p.messages if m["role"] == "assistant"]
         for a in answers:
-            smiles = json.loads(a)["response"]
-            assert 1 <= len(smiles) <= n and set(smiles) <= shown
-            assert a.startswith(p.prefix) and task.parse(a) == [rdkit_canon(s) for s in smiles]
+            assert set(a) <= shown
+            assert MoleculeTask("qed", n=len(a)).parse(p.prefix + json.dumps(a)[2:] + "}") == \
+                [rdkit_canon(s) for s in a]
         roles = [m["role"] for m in p.messages]
-        assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert roles == ["system"] + ["user", "assistant"] * len(answers) + ["user"]
         assert not any(s in p.messages[-1]["content"].split() for s in shown)
     on_policy = [json.loads(m["content"])["response"] for m in task.prompt().messages if m["role"] == "assistant"]
-    assert on_policy == [molecule.EXAMPLES[:5][:n], molecule.EXAMPLES[5:][:n]]
+    assert sum(on_policy, []) == molecule.EXAMPLES and all(1 <= len(a) <= n for a in on_policy[:-1])
+    assert len(on_policy) == -(-len(molecule.EXAMPLES) // n)  # ceil: 10 answers at n = 1, 2 at n = 5
+    ns = [json.loads(m["content"])["response"] for m in task.neighbourhood_prompt(seed).messages
+          if m["role"] == "assistant"]
+    assert ns == [variations[:n] for _, variations in molecule.NS_EXAMPLES]
     asked = "one SMILES string." if n == 1 else f"{n} SMILES strings."
     assert task.prompt().messages[1]["content"].endswith(asked)
+    assert task.neighbourhood_prompt(seed).messages[-1]["content"].startswith(
+        "Good. Now propose one small variation" if n == 1 else f"Good. Now propose {n} small variations")
 
 
 def test_examples_are_not_rediscovery_targets():
