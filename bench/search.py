@@ -17,7 +17,9 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
 With --compare DIR,DIR,... it instead pairs sweeps made under different settings (one folder each, the first the
-reference) per strategy on the same target and seed, and writes settings.md into --out.
+reference) per strategy on the same target and seed, and writes settings.md into --out. With --untrained-from DIR the
+report takes random, ns and opro from another experiment of the same code (they never train, so a sweep of other
+training settings runs only the strategies that do).
 The report never mixes code versions: it reads the sweeps of one code_hash (config.json's `code`; default the
 newest that has runs, or --code-hash) and says how many runs of other code it left out.
 
@@ -326,6 +328,19 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
     return results
 
 
+def add_untrained_runs(args, folder: Path, code: str, targets: list[str], results: dict) -> tuple[dict, str]:
+    """The strategies that never train (random, ns, opro) ignore every training setting: a sweep under another
+    learning rate pairs with their runs in another experiment's folder, of the same code, instead of rerunning
+    them. Returns the results in STRATEGIES order and a line for the report."""
+    groups = sweeps_by_code(folder)
+    if code not in groups:
+        sys.exit(f"--untrained-from {folder} has no runs of code {code}")
+    untrained = [s for s, strategy in STRATEGIES.items() if not strategy.trains and s not in results]
+    borrowed = collect(Namespace(**{**vars(args), "strategies": untrained}), folder, targets, groups[code])
+    merged = {s: (results | borrowed)[s] for s in STRATEGIES if s in results or s in borrowed}
+    return merged, f"{', '.join(borrowed) or 'No strategy'}: the runs in {folder} (untrained, the same code)."
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Statistics.
 
@@ -584,6 +599,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--out", default="results/search")
     p.add_argument("--report-only", action="store_true", help="only aggregate what is already there")
+    p.add_argument("--untrained-from", help="report random, ns and opro from this experiment folder (same code, "
+                   "targets and seeds): they do not train, so a sweep of other training settings need not rerun them")
     p.add_argument("--compare", help="comma-separated --out folders of one sweep each under another setting (the "
                    "first is the reference): write settings.md into --out and stop")
     p.add_argument("--estimate-only", action="store_true", help="print the wall-time estimate and stop")
@@ -618,8 +635,11 @@ def main():
         sys.exit(f"nothing to report in {out}")
     code = choose_code(groups, args.code_hash)
     targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
-    results = collect(args, out, targets, groups[code])
-    print(write_table(results, out, args.threshold, code_note(groups, code)))
+    results, note = collect(args, out, targets, groups[code]), code_note(groups, code)
+    if args.untrained_from:
+        results, line = add_untrained_runs(args, Path(args.untrained_from), code, targets, results)
+        note += " " + line
+    print(write_table(results, out, args.threshold, note))
     write_target_table(results, out, targets)
     print(write_dynamics_table(results, out))
     write_curves(results, out, args.budget, f"{args.task}: best so far vs evaluations ({len(targets)} targets, "

@@ -286,3 +286,18 @@ def test_compare_settings_pairs_each_setting_with_the_first(tmp_path):
     assert "| fast | all | 4 | 0.475 | 1/4 | +0.125 | [" in text and "| 1.000 | 2/1/1 | not distinguishable |" in text
     assert "| fast | grpo | 2 | 0.450 | 0/2 | +0.150 | [+0.000, +0.300] | 1.000 | 1/1/0 |" in text
     assert (tmp_path / "settings.md").read_text() == text
+
+
+def test_untrained_runs_come_from_another_experiment_of_the_same_code(tmp_path):
+    code = dict(code_hash="abc", commit="c0ffee0", dirty=False)
+    for folder, strategy, best in [("paper", "random", 0.4), ("paper", "grpo", 0.9), ("small", "grpo", 0.6)]:
+        fake_config(tmp_path / folder / f"{strategy}-seed0", code=code, strategy=strategy)
+        fake_run(tmp_path / folder / f"{strategy}-seed0" / "cat", [dict(evaluations=1, best_score=best)], best)
+    args = parse_args(["--strategies", "grpo", "--seeds", "0", "--budget", "2"])
+    small = collect(args, tmp_path / "small", ["cat"])
+    merged, line = search.add_untrained_runs(args, tmp_path / "paper", "abc", ["cat"], small)
+    assert list(merged) == ["random", "grpo"]  # STRATEGIES order; the paper's grpo (it trains) is not taken
+    assert merged["random"][0]["best"] == 0.4 and merged["grpo"][0]["best"] == 0.6
+    assert line.startswith("random: the runs in")
+    with pytest.raises(SystemExit, match="no runs of code other"):
+        search.add_untrained_runs(args, tmp_path / "paper", "other", ["cat"], small)
