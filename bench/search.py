@@ -286,12 +286,15 @@ def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
     """What a run's log says about how it searched: iterations run; GRPO updates taken and skipped (a group with
     no signal); how far each update moved the policy, as |token ratio - 1| and the clipped fraction of its last
     step (the ratio is 1 before the first step, so this is the step's own move); the share of sampled candidates
-    (greedy re-inserts left out) that were new; and whether it stalled (stopped by --patience: neither solved,
-    nor at its iteration cap, nor out of budget)."""
+    (greedy re-inserts left out) that were new, over the run and over its last quarter of iterations (a policy
+    that collapses onto a few answers finds ever fewer new ones); and whether it stalled (stopped by --patience:
+    neither solved, nor at its iteration cap, nor out of budget)."""
     lines = (run_dir / "history.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if r.get("iteration") != 0]  # the warm start is no iteration
     updates = [r for r in records if r.get("ratio_mean") is not None]
-    sampled = [c for r in records for m in r.get("members", []) if m["origin"] != "greedy" for c in m["candidates"]]
+    sampled_in = lambda rs: [c for r in rs for m in r.get("members", []) if m["origin"] != "greedy"  # noqa: E731
+                             for c in m["candidates"]]
+    sampled, late = sampled_in(records), sampled_in(records[len(records) * 3 // 4:])
     last = records[-1] if records else {}
     stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
                and last.get("best_score", 0.0) < 1)
@@ -299,7 +302,8 @@ def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
     return dict(iterations=len(records), updates=len(updates), skipped=sum("skipped" in r for r in records),
                 ratio_moves=[abs(r["ratio_mean"] - 1) for r in updates],
                 clip=[r["clip_fraction"] for r in updates],
-                new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled), stalled=stalled,
+                new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled),
+                new_late=sum(c["status"] == "new" for c in late), sampled_late=len(late), stalled=stalled,
                 kl=json.loads(drift.read_text())["kl_per_token"] if drift.exists() else None)
 
 
@@ -516,24 +520,26 @@ def write_dynamics_table(results: dict, out: Path) -> str:
     """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
     md = ["| strategy | runs | iterations (mean) | updates / skipped (mean) | mean |ratio - 1| per update | "
           "max |ratio - 1| | clipped fraction (mean) | KL to base per token (runs) | sampled candidates new | "
-          "stalled runs |", "|---" * 10 + "|"]
+          "new in the last quarter | stalled runs |", "|---" * 11 + "|"]
     for strategy, runs in results.items():
         d = [r["dynamics"] for r in runs]
         moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
         kls = [x["kl"] for x in d if x["kl"] is not None]
         mean = lambda xs, f="{:.4f}": f.format(sum(xs) / len(xs)) if xs else "-"  # noqa: E731
-        sampled = sum(x["sampled"] for x in d)
+        sampled, late = sum(x["sampled"] for x in d), sum(x["sampled_late"] for x in d)
+        late_new = f"{sum(x['new_late'] for x in d) / late:.3f}" if late else "-"
         md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
                   f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
                   f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
                   f"{mean(kls, '{:.5f}')} ({len(kls)}) | "
-                  f"{sum(x['new'] for x in d) / sampled:.3f} | {sum(x['stalled'] for x in d)} |"
-                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 8)
+                  f"{sum(x['new'] for x in d) / sampled:.3f} | {late_new} | {sum(x['stalled'] for x in d)} |"
+                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 9)
     md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
                "steps (1 before any step), and the fraction of tokens clipped there. New: the share of candidates "
-               "from sampled members (greedy re-inserts left out) that no earlier iteration had scored. KL: "
-               "bench/drift.py's KL(trained || base) per token on the trained policy's own answers, over the runs "
-               "it measured. Stalled: stopped by --patience, neither solved nor at the iteration cap or budget."]
+               "from sampled members (greedy re-inserts left out) that no earlier iteration had scored, over "
+               "the runs and over their last quarter of iterations. KL: bench/drift.py's KL(trained || base) per "
+               "token on the trained policy's own answers, over the runs it measured. Stalled: stopped by "
+               "--patience, neither solved nor at the iteration cap or budget."]
     text = "\n".join(md) + "\n"
     (out / "dynamics.md").write_text(text)
     return text
