@@ -83,7 +83,8 @@ OLDER, MIXED = "older code", "mixed code"
 def migrate_command(args, out: Path, settings: list[str]) -> list[str]:
     cmd = [sys.executable, str(ROOT / "migrate.py"), "--quiet"]
     if args.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+        # --standalone: a free port of its own, so two sweeps on one machine do not meet on torchrun's default
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                str(ROOT / "migrate.py"), "--quiet"]
     if (out / "config.json").exists():
         return cmd + ["--resume", str(out)]

@@ -234,6 +234,8 @@ def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
     capped, uncapped = ran
     assert capped[capped.index("--iterations") + 1] == "100" and capped[-2:] == ["--lr", "1e-4"]
     assert "--iterations" not in uncapped and uncapped[uncapped.index("--budget") + 1] == "50"
+    search.run_sweep(parse_args(["--nproc", "2"]), "grpo", 1, tmp_path / "grpo-seed1")
+    assert ran[-1][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]  # its own port
 
 
 def test_run_dynamics_and_its_table(tmp_path):
