@@ -410,14 +410,23 @@ def comparisons(results: dict) -> list[dict]:
             if strategy == ref or strategy in refs[:refs.index(ref)]:
                 continue
             diffs = paired_differences(runs, results[ref])
-            if not diffs:
-                continue
-            w, t, l = wins_ties_losses(diffs)
-            ci, p = bootstrap_interval(diffs), sign_test(w, l)
-            rows.append(dict(strategy=strategy, reference=ref, pairs=len(diffs), mean_diff=sum(diffs) / len(diffs),
-                             ci_low=ci[0], ci_high=ci[1], sign_p=p, wins=w, ties=t, losses=l,
-                             verdict=verdict(ci, p)))
+            if diffs:
+                rows.append(dict(strategy=strategy, reference=ref, **pair_statistics(diffs)))
     return rows
+
+
+def pair_statistics(diffs: list[float]) -> dict:
+    """The paired comparison of one list of differences: mean, bootstrap interval, sign test, W/T/L, verdict."""
+    w, t, l = wins_ties_losses(diffs)
+    ci, p = bootstrap_interval(diffs), sign_test(w, l)
+    return dict(pairs=len(diffs), mean_diff=sum(diffs) / len(diffs), ci_low=ci[0], ci_high=ci[1], sign_p=p,
+                wins=w, ties=t, losses=l, verdict=verdict(ci, p))
+
+
+def pair_cells(c: dict) -> str:
+    """A pair_statistics row as the table cells from the mean difference on."""
+    return (f"{c['mean_diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['sign_p']:.3f} | "
+            f"{c['wins']}/{c['ties']}/{c['losses']} | {c['verdict']} |")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -463,9 +472,7 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
     if pairs:
         md += ["", "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | W/T/L | verdict |",
                "|---" * 8 + "|"]
-        md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {c['mean_diff']:+.3f} | "
-               f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['sign_p']:.3f} | "
-               f"{c['wins']}/{c['ties']}/{c['losses']} | {c['verdict']} |" for c in pairs]
+        md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {pair_cells(c)}" for c in pairs]
         md += ["", f"Paired: best score minus the reference's on the same target and seed (the same warm start). "
                    f"95 % CI: percentile bootstrap over pairs ({RESAMPLES:,} resamples, seed 0); p: exact "
                    f"two-sided sign test, ties (within {TIE:g}) dropped. A difference counts only when the interval "
@@ -475,20 +482,21 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
     return text
 
 
-def setting_results(args, folder: Path) -> dict:
-    """One setting's runs (one --out folder of a tuning sweep), from its newest code with finished runs."""
+def read_experiment(args, folder: Path) -> tuple[dict, str, list[str], dict]:
+    """An experiment folder's sweeps by code, the code reported (--code-hash, else the newest with finished
+    runs), its targets and its runs."""
     groups = sweeps_by_code(folder)
     if not groups:
-        sys.exit(f"nothing to compare in {folder}")
+        sys.exit(f"nothing to report in {folder}")
     code = choose_code(groups, args.code_hash)
     targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
-    return collect(args, folder, targets, groups[code])
+    return groups, code, targets, collect(args, folder, targets, groups[code])
 
 
 def compare_settings(args, folders: list[Path], out: Path) -> str:
     """settings.md: each setting (one folder each, e.g. one learning rate) against the first, per strategy and for
     all strategies pooled, paired on (strategy, target, seed). The pooled mean is what chooses a setting."""
-    by_setting = {f.name: setting_results(args, f) for f in folders}
+    by_setting = {f.name: read_experiment(args, f)[3] for f in folders}
     first = folders[0].name
     md = [f"| setting | strategy | runs | best score (mean) | solved | diff vs {first} | 95 % CI | sign-test p | "
           f"W/T/L | verdict |", "|---" * 10 + "|"]
@@ -505,13 +513,8 @@ def compare_settings(args, folders: list[Path], out: Path) -> str:
                 continue
             row = f"| {name} | {strategy} | {len(runs)} | {mean_std([r['best'] for r in runs])[0]:.3f} | " \
                   f"{sum(bool(r['solved']) for r in runs)}/{len(runs)} |"
-            if name == first or not diffs:
-                md.append(row + " - | - | - | - | - |")
-                continue
-            w, t, l = wins_ties_losses(diffs)
-            ci, p = bootstrap_interval(diffs), sign_test(w, l)
-            md.append(row + f" {sum(diffs) / len(diffs):+.3f} | [{ci[0]:+.3f}, {ci[1]:+.3f}] | {p:.3f} | "
-                            f"{w}/{t}/{l} | {verdict(ci, p)} |")
+            md.append(row + (" - | - | - | - | - |" if name == first or not diffs
+                             else " " + pair_cells(pair_statistics(diffs))))
     text = "\n".join(md) + "\n"
     (out / "settings.md").write_text(text)
     return text
@@ -637,12 +640,8 @@ def main():
         for seed in args.seeds:
             for strategy in args.strategies:
                 run_sweep(args, strategy, seed, out / f"{strategy}-seed{seed}")
-    groups = sweeps_by_code(out)
-    if not groups:
-        sys.exit(f"nothing to report in {out}")
-    code = choose_code(groups, args.code_hash)
-    targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
-    results, note = collect(args, out, targets, groups[code]), code_note(groups, code)
+    groups, code, targets, results = read_experiment(args, out)
+    note = code_note(groups, code)
     if args.untrained_from:
         results, line = add_untrained_runs(args, Path(args.untrained_from), code, targets, results)
         note += " " + line
