@@ -36,8 +36,9 @@ usable / copied: the on-policy prompt with two earlier answers of one example ea
 n = 1) 0.10 (of 48) / 0.06 / 0.06 usable; with the ten examples as ten earlier answers of one (ours since) 0.27 / 0.30 /
 0.22, copied 0.03 / 0.02 / 0.05. The neighbourhood prompt with one worked variation per example (ours) 0.19 / 0.16 /
 0.33, copied 0.17 / 0.14 / 0.11; with all five variations shown, 0.27 / 0.31 / 0.22 (copied 0.08 / 0.19 / 0.19),
-not distinguishable, so not kept. The default run (below) prints seed 0; its "before" rows, the procaine and
-indole prompts at n = 1, gave 0.09 and 0.09.
+not distinguishable, so not kept. Seed 0 of "ours" is the default run's (below; its "before" rows, the procaine
+and indole prompts at n = 1, gave 0.09 and 0.09); seeds 1 and 2 and the other variants were measured with this
+file's measure_molecules on those prompts, in a scratch script, on the same 2-core AVX-512 machine under load.
 The rest still fails mostly by writing letters that are not elements ("DISCO(D)=OIL"). Screened and dropped
 (16-64 completions, some at 96 new tokens): the word-search recipe (drug-like examples in one past answer marked
 "Wrong") 0.00-0.06 usable; small ring-containing examples 0.12; the acyclic examples in the instructions 0.39
