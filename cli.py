@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -149,7 +150,23 @@ def rank_device(device: str) -> str:
     return f"cuda:{local}"
 
 
-def on_rank0(fn, world: int):
+def rank_store(world: int):
+    """The key-value store torchrun's agent hosts for its ranks, or None for one process.
+
+    The ranks share no tensors (each searches its own targets), so they meet through this store alone. A gloo
+    process group used to do it, and a rank could abort at exit: gloo's worker thread freed the last collective's
+    tensors after Python had begun to shut down (pytorch PR 179291).
+    """
+    if world == 1:
+        return None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise UsageError(f"WORLD_SIZE is {world}: start several processes with torchrun")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(days=30))  # a rank may wait for the others' whole searches
+    return dist.PrefixStore(f"migrate-{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}", store)
+
+
+def on_rank0(fn, store):
     """fn() on rank 0 only; its result, or its UsageError, reaches every rank."""
     result, error = None, None
     if int(os.environ.get("RANK", 0)) == 0:
@@ -157,13 +174,19 @@ def on_rank0(fn, world: int):
             result = fn()
         except (UsageError, RunFolderError) as e:
             error = str(e)
-    if world > 1:
-        box = [result, error]
-        dist.broadcast_object_list(box, src=0)
-        result, error = box
+        if store:
+            store.set("rank0", pickle.dumps((result, error)))
+    elif store:
+        result, error = pickle.loads(store.get("rank0"))
     if error:
         raise UsageError(error)
     return result
+
+
+def gather_failures(store, rank: int, world: int, failure: Exception | None) -> list[str]:
+    """Every rank's failure message ("" for none), once all ranks have finished their targets."""
+    store.set(f"failure{rank}", "" if failure is None else f"{type(failure).__name__}: {failure}")
+    return [store.get(f"failure{r}").decode() for r in range(world)]
 
 
 def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quiet: bool) -> None:
@@ -213,10 +236,9 @@ def run(args) -> int:
               f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}{demo}",
               file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:  # torchrun: ranks only share the run folder's check and wait for each other at the end
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=30))
+    store = rank_store(world)  # torchrun: ranks only share the run folder's check and wait for each other at the end
     out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
-    out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), world)
+    out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), store)
     s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
     failure = None
     try:
@@ -229,10 +251,8 @@ def run(args) -> int:
         if world == 1:
             raise
         failure = e
-    if world > 1:
-        failures = [None] * world
-        dist.all_gather_object(failures, None if failure is None else f"{type(failure).__name__}: {failure}")
-        dist.destroy_process_group()
+    if store:
+        failures = gather_failures(store, rank, world, failure)
         if failure is not None:
             raise failure
         failed = [(r, f) for r, f in enumerate(failures) if f]

@@ -184,6 +184,14 @@ def test_torchrun_splits_targets_across_ranks(model_dir, tmp_path):
     assert len(rows) == 4 and all(",None," not in row and not row.endswith(",") for row in rows[1:])
 
 
+def test_several_ranks_without_torchrun_get_a_one_line_error(model_dir, tmp_path):
+    """The ranks meet through the store torchrun's agent hosts; without it there is no one to meet."""
+    r = migrate("--task", EXAMPLE, "--model", model_dir, "--out", str(tmp_path / "o"),
+                env={"WORLD_SIZE": "2", "RANK": "1", "TORCHELASTIC_USE_AGENT_STORE": ""})
+    one_line_error(r, "WORLD_SIZE is 2", "torchrun")
+    assert not (tmp_path / "o").exists()
+
+
 def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
     import torch
 
