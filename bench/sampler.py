@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import KVCache, ModelConfig, Transformer  # noqa: E402
-from quant import sampling_weights  # noqa: E402
+from quant import FAST_ROWS, sampling_weights  # noqa: E402
 from sampler import generate  # noqa: E402
 
 QUESTIONS = ["Name a kitchen tool made of cast iron.",
@@ -145,11 +145,22 @@ def replay_logprobs(model, prompt: list[int], tokens, weights: str):
 
 
 def accuracy(model, tok, weights: str, rows: int, n_new: int) -> dict:
-    """KL(sampler || float32 model) per token and the GRPO ratio p_float32 / p_sampler on sampled tokens."""
+    """KL(sampler || float32 model) per token and the GRPO ratio p_float32 / p_sampler on sampled tokens.
+
+    Sampled and replayed in groups of at most quant.FAST_ROWS rows, as the loop's groups of 10 are: above that
+    the sampler runs the model's own weights, and a check over more rows would measure those instead."""
+    sums = [accuracy_sums(model, tok, weights, min(FAST_ROWS, rows - i), n_new, seed=i)
+            for i in range(0, rows, FAST_ROWS)]
+    kl, r, dev, n = (sum(x[k] for x in sums) for k in range(4))
+    return {"kl": kl / n, "ratio": r / n, "dev": dev / n, "tokens": int(n), "replay_err": max(x[4] for x in sums)}
+
+
+def accuracy_sums(model, tok, weights: str, rows: int, n_new: int, seed: int) -> tuple:
+    """One group's sums over its sampled tokens: KL, r, |r - 1|, tokens; and the replay's largest error."""
     from tasks.wordsearch import WordSearch
     prompt = loop_prompt(tok)
     out = generate(model, [prompt] * rows, n_new, eos_ids=tok.eos_ids, decode=tok.decode, stop=WordSearch.stop,
-                   generator=torch.Generator().manual_seed(0), weights=weights)
+                   generator=torch.Generator().manual_seed(seed), weights=weights)
     T = max(len(t) for t in out.tokens)
     tokens = torch.tensor([t + [0] * (T - len(t)) for t in out.tokens])  # (n, T)
     mask = torch.tensor([[1.0] * len(t) + [0.0] * (T - len(t)) for t in out.tokens])
@@ -160,9 +171,8 @@ def accuracy(model, tok, weights: str, rows: int, n_new: int) -> dict:
     tok_q, tok_p = (a.gather(-1, tokens[..., None])[..., 0] for a in (q, p))
     r = (tok_p - tok_q).exp()
     sampled = torch.tensor([lp + [0.0] * (T - len(lp)) for lp in out.logprobs])
-    mean = lambda a: float((a * mask).sum() / mask.sum())  # noqa: E731
-    return {"kl": mean(kl), "ratio": mean(r), "dev": mean((r - 1).abs()), "tokens": int(mask.sum()),
-            "replay_err": float(((tok_q - sampled).abs() * mask).max())}
+    total = lambda a: float((a * mask).sum())  # noqa: E731
+    return total(kl), total(r), total((r - 1).abs()), float(mask.sum()), float(((tok_q - sampled).abs() * mask).max())
 
 
 def parse_rate(model, tok, weights: str, n: int) -> float:
