@@ -62,6 +62,10 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
     # setting with the highest mean best score over all its runs is the one frozen for the ten.
     "tune": dict(task="wordsearch", targets="lantern,sawdust,greenhouse,trombone,pancake", seeds="0,1",
                  budget=1000, iterations=100, strategies="grpo,migrate"),
+    # What tune chose (results/tune/settings.md): the paper's protocol at lr 5e-4, 10x the paper's rate, for the
+    # five strategies that train; random, ns and opro never train, so their runs are paper's (--untrained-from).
+    "tuned": dict(task="wordsearch", targets="paper", seeds="0,1,2", budget=1000, iterations=100,
+                  strategies="grpo,migrate,grpo-greedy,migrate-opro,migrate-evo", migrate_flags="--lr 5e-4"),
     # The paper's molecule runs on the RDKit objectives (docking: --targets dock:DRD2,...): 40 iterations of 5.
     "molecules": dict(task="molecule", targets="rediscover:celecoxib,qed,mpo,logp-window", seeds="0,1,2",
                       budget=1000, iterations=40,
@@ -596,8 +600,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=PROTOCOLS, help="a named experiment (paper: the paper's word search, "
                    "10 targets, 8 strategies, seeds 0,1,2, 100 iterations, budget 1000; tune: five other words for "
-                   "choosing settings; molecules: the RDKit objectives, 40 iterations; docking: 2 proteins, 3 "
-                   "strategies, 15 iterations); flags beside it override it")
+                   "choosing settings; tuned: paper's five training strategies at the setting tune chose; "
+                   "molecules: the RDKit objectives, 40 iterations; docking: 2 proteins, 3 strategies, 15 "
+                   "iterations); flags beside it override it")
     p.add_argument("--task", default="wordsearch")
     p.add_argument("--targets", default="paper", help="named set or comma-separated targets")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -616,10 +621,12 @@ def parse_args(argv=None):
     p.add_argument("--estimate-only", action="store_true", help="print the wall-time estimate and stop")
     p.add_argument("--code-hash", help="report the runs of this code (a code_hash prefix, or 'older' for runs "
                    "from before config.json recorded code) [the newest code with runs]")
+    p.set_defaults(migrate_flags="")  # a protocol's own migrate.py flags, before any given beside it
     protocol = p.parse_known_args(argv)[0].protocol
     if protocol:
         p.set_defaults(**PROTOCOLS[protocol])
-    args, args.extra = p.parse_known_args(argv)
+    args, extra = p.parse_known_args(argv)
+    args.extra = args.migrate_flags.split() + extra  # migrate.py keeps the last of a repeated flag
     args.strategies = args.strategies.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     return args

@@ -218,6 +218,14 @@ def test_protocol_paper_sets_defaults_that_flags_override():
     assert parse_args([]).budget == 200 and parse_args([]).iterations is None
 
 
+def test_a_protocols_own_migrate_flags_come_first_so_flags_beside_it_win():
+    assert parse_args(["--protocol", "tuned"]).extra == ["--lr", "5e-4"]
+    assert parse_args(["--protocol", "tuned", "--lr", "1e-4"]).extra == ["--lr", "5e-4", "--lr", "1e-4"]
+    assert parse_args(["--protocol", "paper", "--mu", "1"]).extra == ["--mu", "1"]
+    from cli import build_parser  # migrate.py keeps the last of a repeated flag
+    assert build_parser().parse_args(["--lr", "5e-4", "--lr", "1e-4"]).lr == 1e-4
+
+
 def test_protocols_name_real_strategies_and_tune_on_other_targets():
     from tasks.wordsearch import PAPER_TARGETS
     for name, protocol in search.PROTOCOLS.items():
