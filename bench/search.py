@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cli import expand_targets, load_task_class  # noqa: E402
 from migrate import STRATEGIES  # noqa: E402
-from rundir import code_version, slug  # noqa: E402
+from rundir import code_version, read_config, slug  # noqa: E402
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 PROTOCOLS = {  # named experiments: defaults that explicit flags still override
@@ -101,9 +101,19 @@ def run(args, cmd: list[str], label: str) -> None:
 
 
 def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
+    if sweep_finished(out):  # relaunching it would only load the model to rewrite its summary
+        print(f"[{strategy} seed {seed}] finished: {out}", flush=True)
+        return
     settings = ["--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
                 "--budget", str(args.budget)] + iteration_flag(args) + args.extra
     run(args, migrate_command(args, out, settings), f"{strategy} seed {seed}")
+
+
+def sweep_finished(out: Path) -> bool:
+    """Every target of the sweep folder has reached its end (best.json) and the summary is written."""
+    if not (out / "config.json").exists() or not (out / "summary.csv").exists():
+        return False
+    return all((out / slug(t) / "best.json").exists() for t in read_config(out)["targets"])
 
 
 def iteration_flag(args) -> list[str]:

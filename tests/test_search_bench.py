@@ -246,6 +246,22 @@ def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
     assert ran[-1][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]  # its own port
 
 
+def test_a_finished_sweep_is_not_relaunched(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(search, "run", lambda args, cmd, label: ran.append(cmd))
+    sweep = tmp_path / "grpo-seed0"
+    (sweep / "a").mkdir(parents=True)
+    (sweep / "b").mkdir()
+    (sweep / "config.json").write_text(json.dumps({"targets": ["a", "b"]}))
+    (sweep / "a" / "best.json").write_text("{}")
+    (sweep / "summary.csv").write_text("target\n")
+    search.run_sweep(parse_args([]), "grpo", 0, sweep)  # b has not ended: resume
+    assert ran and ran[-1][-2:] == ["--resume", str(sweep)]
+    (sweep / "b" / "best.json").write_text("{}")
+    search.run_sweep(parse_args([]), "grpo", 0, sweep)
+    assert len(ran) == 1
+
+
 def test_run_dynamics_and_its_table(tmp_path):
     def member(origin, *statuses):
         return dict(origin=origin, candidates=[dict(candidate="w", score=0.1, status=s) for s in statuses])
