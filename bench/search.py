@@ -163,7 +163,7 @@ def history_timings(out: Path, code: str) -> dict[str, list[dict]]:
     """strategy -> timings of every run in --out made by this code (finished or not)."""
     found = {}
     for config in out.glob("*-seed*/config.json"):
-        c = json.loads(config.read_text())
+        c = read_config(config.parent)
         if code_label(c) == code:
             for h in config.parent.glob("*/history.jsonl"):
                 found.setdefault(c["settings"]["strategy"], []).append(timings(h))
@@ -242,7 +242,7 @@ def code_label(config: dict) -> str:
 def sweeps_by_code(out: Path) -> dict[str, list[Path]]:
     groups = {}
     for config in sorted(out.glob("*-seed*/config.json")):
-        groups.setdefault(code_label(json.loads(config.read_text())), []).append(config.parent)
+        groups.setdefault(code_label(read_config(config.parent)), []).append(config.parent)
     return groups
 
 
@@ -271,7 +271,7 @@ def code_note(groups: dict[str, list[Path]], code: str) -> str:
         made = f"Code: {code} (no single recorded version)"
     else:
         commits = sorted({(c["commit"] or "no git")[:7] + " (dirty)" * bool(c["dirty"])
-                          for c in (json.loads((d / "config.json").read_text())["code"] for d in groups[code])})
+                          for c in (read_config(d)["code"] for d in groups[code])})
         made = f"Code: {', '.join(commits)}, code hash {code}"
     left = {c: finished(ds) for c, ds in groups.items() if c != code}
     left = {c: n for c, n in left.items() if n}
@@ -332,7 +332,7 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
             if sweeps is not None and sweep not in sweeps:
                 continue
             config = sweep / "config.json"
-            settings = json.loads(config.read_text())["settings"] if config.exists() else {}
+            settings = read_config(sweep)["settings"] if config.exists() else {}
             for t in targets:
                 d = sweep / slug(t)
                 if not (d / "best.json").exists():
@@ -503,7 +503,7 @@ def read_experiment(args, folder: Path) -> tuple[dict, str, list[str], dict]:
     if not groups:
         sys.exit(f"nothing to report in {folder}")
     code = choose_code(groups, args.code_hash)
-    targets = json.loads((groups[code][0] / "config.json").read_text())["targets"]
+    targets = read_config(groups[code][0])["targets"]
     return groups, code, targets, collect(args, folder, targets, groups[code])
 
 
