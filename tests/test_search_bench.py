@@ -52,6 +52,15 @@ def test_tables_average_over_targets_and_seeds(tmp_path):
     assert (tmp_path / "targets.md").read_text().splitlines()[2:] == ["| cat | 0.300 |", "| dog | 0.800 |"]
 
 
+def test_table_rounds_a_mean_once(tmp_path):
+    # bests 0.4745 and 0.47450507: mean 0.47450254, which is 0.475 to three places; rounding it to four places
+    # first (0.4745, stored as 0.47449999...) printed 0.474
+    for seed, b in enumerate([0.4745, 0.47450507]):
+        fake_run(tmp_path / f"grpo-seed{seed}" / "cat", [dict(evaluations=1, best_score=b)], b)
+    results = collect(Namespace(strategies=["grpo"], seeds=[0, 1], budget=2, threshold=0.8), tmp_path, ["cat"])
+    assert "| grpo | 2 | 0.475 ± 0.000 |" in write_table(results, tmp_path, 0.8)
+
+
 def paired_folders(tmp_path):
     # grpo against random on the same (seed, target): 0.5 > 0.4 win, 0.3 = 0.3 tie, 0.2 < 0.6 loss;
     # grpo's seed-1 "dog" run has no random partner and is left out of the pairs
