@@ -9,7 +9,9 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
                         evaluations needed to first reach --threshold (mean over runs that did, with how many did);
                         then (paired.csv) each strategy against random, ns and grpo on the same target and seed:
                         the mean difference of best score with a 95 % percentile-bootstrap interval over pairs, the
-                        exact two-sided sign test (ties dropped), wins/ties/losses and a verdict;
+                        exact two-sided sign test (ties dropped), wins/ties/losses and a verdict; once at the
+                        end of the runs and once at equal evaluations (each pair cut at the evaluations its
+                        shorter run used: under an iteration cap a policy that repeats itself uses fewer);
   targets.md            the best score per target and strategy, averaged over seeds;
   dynamics.md           per strategy, how it searched: iterations, GRPO updates taken and skipped, how far an
                         update moved the policy (token ratio, clipped fraction), the share of sampled candidates
@@ -285,16 +287,24 @@ def code_note(groups: dict[str, list[Path]], code: str) -> str:
 # Reading runs.
 
 def curve(run_dir: Path, budget: int) -> list[float]:
-    """Best-so-far score at 0..budget evaluations: a step function read from the iteration log (an iteration's
-    finds count from the evaluation total it reached)."""
-    points, best = [], 0.0
+    """Best-so-far score after 0..budget evaluations, read from the iteration log: one step per new candidate, in
+    the order the log lists them (an iteration scores its batch at once; that order stands in for one within it),
+    so that two runs cut at the same evaluation count are cut fairly. A record that lists no candidates counts its
+    finds from the evaluation total it reached."""
+    points, best = [0.0], 0.0
     for line in (run_dir / "history.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["evaluations"] > budget:  # found past the budget (a run with a larger one): not counted
+        new = [c["score"] for m in r.get("members", []) for c in m["candidates"] if c["status"] == "new"]
+        if len(points) - 1 + len(new) != r["evaluations"]:  # no candidates logged: one step for the iteration
+            points += [best] * (r["evaluations"] - len(points))
+            new = [r["best_score"]]
+        for score in new:
+            best = max(best, score)
+            points.append(best)
+        if len(points) > budget + 1:  # found past the budget (a run with a larger one): not counted
             break
-        points += [best] * (r["evaluations"] - len(points))
-        best = max(best, r["best_score"])
-    return points + [best] * (budget + 1 - len(points))
+    points = points[:budget + 1]
+    return points + [points[-1]] * (budget + 1 - len(points))
 
 
 def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
@@ -339,11 +349,12 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
                     continue
                 b = json.loads((d / "best.json").read_text())
                 c = curve(d, args.budget)
+                used = min(b.get("evaluations", args.budget), args.budget)
                 hit = next((e for e, v in enumerate(c) if v >= args.threshold), None)
                 dynamics = run_dynamics(d, settings.get("iterations", math.inf), settings.get("budget", math.inf))
                 results.setdefault(strategy, []).append(dict(seed=seed, target=t, best=b["best_score"],
                                                              solved=b["solved"], first_hit=hit, curve=c,
-                                                             dynamics=dynamics))
+                                                             evaluations=used, dynamics=dynamics))
     return results
 
 
@@ -368,11 +379,18 @@ def mean_std(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1))
 
 
-def paired_differences(runs: list[dict], reference: list[dict]) -> list[float]:
+def paired_differences(runs: list[dict], reference: list[dict], equal_evaluations=False) -> list[float]:
     """Best score minus the reference's on the same (seed, target), hence from the same warm start; runs without
-    a partner are left out. Ordered by (seed, target), so that the bootstrap is reproducible."""
-    ref = {(r["seed"], r["target"]): r["best"] for r in reference}
-    return [r["best"] - ref[r["seed"], r["target"]]
+    a partner are left out. Ordered by (seed, target), so that the bootstrap is reproducible. With
+    equal_evaluations, each run's best within the evaluations the shorter run of the pair used: an iteration cap
+    lets a policy that repeats itself (repeats are free) end with fewer evaluations than its partner."""
+    ref = {(r["seed"], r["target"]): r for r in reference}
+    def diff(r, q):
+        if not equal_evaluations:
+            return r["best"] - q["best"]
+        e = min(r["evaluations"], q["evaluations"])
+        return r["curve"][e] - q["curve"][e]
+    return [diff(r, ref[r["seed"], r["target"]])
             for r in sorted(runs, key=lambda r: (r["seed"], r["target"])) if (r["seed"], r["target"]) in ref]
 
 
@@ -414,7 +432,7 @@ def verdict(interval: tuple[float, float], p: float) -> str:
     return "better" if lo > 0 else "worse"
 
 
-def comparisons(results: dict) -> list[dict]:
+def comparisons(results: dict, equal_evaluations=False) -> list[dict]:
     """Every strategy against each reference present, each pair of strategies once (ns against random, not also
     random against ns)."""
     refs = [r for r in PAIRED_REFERENCES if r in results]
@@ -423,9 +441,10 @@ def comparisons(results: dict) -> list[dict]:
         for strategy, runs in results.items():
             if strategy == ref or strategy in refs[:refs.index(ref)]:
                 continue
-            diffs = paired_differences(runs, results[ref])
+            diffs = paired_differences(runs, results[ref], equal_evaluations)
             if diffs:
-                rows.append(dict(strategy=strategy, reference=ref, **pair_statistics(diffs)))
+                rows.append(dict(strategy=strategy, reference=ref, at="equal evaluations" if equal_evaluations
+                                 else "end", **pair_statistics(diffs)))
     return rows
 
 
@@ -474,8 +493,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def write_table(results: dict, out: Path, threshold: float, note: str = "") -> str:
     """table.md: the note on code, the per-strategy table, then the paired comparisons (table.csv, paired.csv)."""
     rows, pairs = summary_rows(results), comparisons(results)
+    equal = comparisons(results, equal_evaluations=True)
     write_csv(out / "table.csv", rows)
-    write_csv(out / "paired.csv", pairs)
+    write_csv(out / "paired.csv", pairs + equal)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     md = ([note, ""] if note else []) + [
         f"| strategy | runs | best score (mean ± std) | std of seed means | solved (95 % CI) | "
@@ -484,14 +504,19 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
            f"{r['solved']:.2f} [{r['solved_low']:.2f}, {r['solved_high']:.2f}] | "
            f"{'-' if r['evals_to_threshold'] is None else r['evals_to_threshold']} | {r['reached_threshold']} |"
            for r in rows]
+    for rows_at, heading in [(pairs, "at the end of the runs"), (equal, "at equal evaluations")]:
+        if rows_at:
+            md += ["", f"Paired best score, {heading}:", "",
+                   "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | W/T/L | verdict |",
+                   "|---" * 8 + "|"]
+            md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {pair_cells(c)}" for c in rows_at]
     if pairs:
-        md += ["", "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | W/T/L | verdict |",
-               "|---" * 8 + "|"]
-        md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {pair_cells(c)}" for c in pairs]
-        md += ["", f"Paired: best score minus the reference's on the same target and seed (the same warm start). "
+        md += ["", f"Paired: best score minus the reference's on the same target and seed (the same warm start); at "
+                   f"equal evaluations, each run's best within the evaluations the shorter run of the pair used. "
                    f"95 % CI: percentile bootstrap over pairs ({RESAMPLES:,} resamples, seed 0); p: exact "
                    f"two-sided sign test, ties (within {TIE:g}) dropped. A difference counts only when the interval "
-                   f"excludes 0 and p < 0.05; each of the {len(pairs)} comparisons is tested alone, uncorrected."]
+                   f"excludes 0 and p < 0.05; each of the {len(pairs)} comparisons of a table is tested alone, "
+                   f"uncorrected."]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
     return text
@@ -537,9 +562,9 @@ def compare_settings(args, folders: list[Path], out: Path) -> str:
 
 def write_dynamics_table(results: dict, out: Path) -> str:
     """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
-    md = ["| strategy | runs | iterations (mean) | updates / skipped (mean) | mean |ratio - 1| per update | "
-          "max |ratio - 1| | clipped fraction (mean) | KL to base per token (runs) | sampled candidates new | "
-          "new in the last quarter | stalled runs |", "|---" * 11 + "|"]
+    md = ["| strategy | runs | iterations (mean) | evaluations (mean) | updates / skipped (mean) | "
+          "mean |ratio - 1| per update | max |ratio - 1| | clipped fraction (mean) | KL to base per token (runs) | "
+          "sampled candidates new | new in the last quarter | stalled runs |", "|---" * 12 + "|"]
     for strategy, runs in results.items():
         d = [r["dynamics"] for r in runs]
         moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
@@ -548,11 +573,12 @@ def write_dynamics_table(results: dict, out: Path) -> str:
         sampled, late = sum(x["sampled"] for x in d), sum(x["sampled_late"] for x in d)
         late_new = f"{sum(x['new_late'] for x in d) / late:.3f}" if late else "-"
         md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
+                  f"{mean([r['evaluations'] for r in runs], '{:.0f}')} | "
                   f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
                   f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
                   f"{mean(kls, '{:.5f}')} ({len(kls)}) | "
                   f"{sum(x['new'] for x in d) / sampled:.3f} | {late_new} | {sum(x['stalled'] for x in d)} |"
-                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 9)
+                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 10)
     md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
                "steps (1 before any step), and the fraction of tokens clipped there. New: the share of candidates "
                "from sampled members (greedy re-inserts left out) that no earlier iteration had scored, over "

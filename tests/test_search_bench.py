@@ -13,10 +13,11 @@ from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_no
 from migrate import STRATEGIES
 
 
-def fake_run(folder, records, best, solved=False):
+def fake_run(folder, records, best, solved=False, evaluations=None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (folder / "best.json").write_text(json.dumps(dict(best_score=best, solved=solved)))
+    used = {} if evaluations is None else dict(evaluations=evaluations)  # older best.json files lack it
+    (folder / "best.json").write_text(json.dumps(dict(best_score=best, solved=solved, **used)))
 
 
 def fake_config(sweep, code=None, strategy="grpo", targets=("cat",), **extra):
@@ -33,6 +34,16 @@ def test_curve_is_best_so_far_per_evaluation(tmp_path):
     # nothing is known before the warm start's 2 evaluations; each record's best counts from its total on
     assert curve(tmp_path, 6) == [0.0, 0.0, 0.3, 0.3, 0.5, 0.5, 0.5]
     assert curve(tmp_path, 3) == [0.0, 0.0, 0.3, 0.3]  # cut at the budget
+
+
+def test_curve_steps_once_per_new_candidate(tmp_path):
+    member = lambda *cands: dict(candidates=[dict(candidate=c, score=v, status=st) for c, v, st in cands])  # noqa
+    fake_run(tmp_path, [dict(evaluations=2, best_score=0.4, members=[member(("a", 0.4, "new"), ("b", 0.1, "new"))]),
+                        dict(evaluations=4, best_score=0.9, members=[member(("a", 0.4, "repeat"), ("c", 0.2, "new")),
+                                                                     member(("d", 0.9, "new"))])], 0.9)
+    # the repeat of "a" costs nothing; "c" is the 3rd evaluation, "d" the 4th: the 0.9 counts from 4, not from 3
+    assert curve(tmp_path, 5) == [0.0, 0.4, 0.4, 0.4, 0.9, 0.9]
+    assert curve(tmp_path, 3) == [0.0, 0.4, 0.4, 0.4]
 
 
 def test_tables_average_over_targets_and_seeds(tmp_path):
@@ -88,7 +99,24 @@ def test_paired_table(tmp_path):
     assert "| random | grpo |" not in text  # each pair of strategies once
     # seed means 0.35 and 0.6: std 0.177; 0 of 3 solved: Wilson [0, 2 * (3.8416 / 6) / (1 + 3.8416 / 3)] = [0, 0.56]
     assert text.splitlines()[2] == "| random | 3 | 0.433 ± 0.153 | 0.177 | 0.00 [0.00, 0.56] | - | 0/3 |"
-    assert (tmp_path / "paired.csv").read_text().splitlines()[1].startswith("grpo,random,3,")
+    assert (tmp_path / "paired.csv").read_text().splitlines()[1].startswith("grpo,random,end,3,")
+
+
+def test_pairs_at_equal_evaluations_cut_both_runs_where_the_shorter_ended(tmp_path):
+    # grpo repeated itself and ended after 3 evaluations with 0.9; random went on to 8 and ended at 0.7, but had
+    # only 0.3 after 3: at the end grpo leads by 0.2, at equal evaluations (3) by 0.6
+    fake_run(tmp_path / "grpo-seed0" / "cat", [dict(evaluations=1, best_score=0.2),
+                                               dict(evaluations=3, best_score=0.9)], 0.9, evaluations=3)
+    fake_run(tmp_path / "random-seed0" / "cat", [dict(evaluations=1, best_score=0.3),
+                                                 dict(evaluations=5, best_score=0.5),
+                                                 dict(evaluations=8, best_score=0.7)], 0.7, evaluations=8)
+    results = collect(Namespace(strategies=["random", "grpo"], seeds=[0], budget=10, threshold=0.8), tmp_path,
+                      ["cat"])
+    assert paired_differences(results["grpo"], results["random"]) == pytest.approx([0.2])
+    assert paired_differences(results["grpo"], results["random"], equal_evaluations=True) == pytest.approx([0.6])
+    text = write_table(results, tmp_path, 0.8)
+    end, equal = text.split("Paired best score, at equal evaluations:")
+    assert "| grpo | random | 1 | +0.200 |" in end and "| grpo | random | 1 | +0.600 |" in equal
 
 
 def test_bootstrap_interval():
@@ -282,7 +310,7 @@ def test_run_dynamics_and_its_table(tmp_path):
                     members=[member("neighbourhood", "repeat"), member("greedy", "repeat")]),
                dict(iteration=3, evaluations=24, best_score=0.4, ratio_mean=1.03, clip_fraction=0.1,
                     members=[member("online", "new", "new", "over_budget")])]
-    fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4)
+    fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4, evaluations=24)
     d = search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=100, budget=1000)
     # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 3 = 7,
     # 4 of them new; the last quarter (iteration 3 alone) sampled 3, 2 new; it stopped at iteration 3 of 100 with
@@ -293,16 +321,16 @@ def test_run_dynamics_and_its_table(tmp_path):
         kl=None)  # no drift.json yet
     assert not search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=3, budget=1000)["stalled"]
     random_run = dict(iteration=1, evaluations=22, best_score=0.3, members=[member("online", "new", "repeat")])
-    fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3)
+    fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3, evaluations=22)
     for strategy in ("grpo", "random"):
         fake_config(tmp_path / f"{strategy}-seed0", strategy=strategy, extra=None)
     args = Namespace(strategies=["grpo", "random"], seeds=[0], budget=30, threshold=0.9)
     (tmp_path / "grpo-seed0" / "cat" / "drift.json").write_text(json.dumps(dict(kl_per_token=0.0125)))
     text = search.write_dynamics_table(search.collect(args, tmp_path, ["cat"]), tmp_path)
     rows = text.splitlines()
-    assert rows[2] == "| grpo | 1 | 3.0 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.01250 (1) | 0.571 | 0.667 | 1 |"
+    assert rows[2] == "| grpo | 1 | 3.0 | 24 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.01250 (1) | 0.571 | 0.667 | 1 |"
     # one iteration is its own last quarter; no iteration cap known: inf, so stalled
-    assert rows[3] == "| random | 1 | 1.0 | 0.0 / 0.0 | - | - | - | - (0) | 0.500 | 0.500 | 1 |"
+    assert rows[3] == "| random | 1 | 1.0 | 22 | 0.0 / 0.0 | - | - | - | - (0) | 0.500 | 0.500 | 1 |"
     assert (tmp_path / "dynamics.md").read_text() == text
 
 
