@@ -385,6 +385,7 @@ def paired_differences(runs: list[dict], reference: list[dict], equal_evaluation
     equal_evaluations, each run's best within the evaluations the shorter run of the pair used: an iteration cap
     lets a policy that repeats itself (repeats are free) end with fewer evaluations than its partner."""
     ref = {(r["seed"], r["target"]): r for r in reference}
+
     def diff(r, q):
         if not equal_evaluations:
             return r["best"] - q["best"]
