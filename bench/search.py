@@ -349,7 +349,7 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
                     continue
                 b = json.loads((d / "best.json").read_text())
                 c = curve(d, args.budget)
-                used = min(b.get("evaluations", args.budget), args.budget)
+                used = min(b["evaluations"], args.budget)  # a report may cut runs made with a larger budget
                 hit = next((e for e, v in enumerate(c) if v >= args.threshold), None)
                 dynamics = run_dynamics(d, settings.get("iterations", math.inf), settings.get("budget", math.inf))
                 results.setdefault(strategy, []).append(dict(seed=seed, target=t, best=b["best_score"],

@@ -13,11 +13,11 @@ from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_no
 from migrate import STRATEGIES
 
 
-def fake_run(folder, records, best, solved=False, evaluations=None):
+def fake_run(folder, records, best, solved=False):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    used = {} if evaluations is None else dict(evaluations=evaluations)  # older best.json files lack it
-    (folder / "best.json").write_text(json.dumps(dict(best_score=best, solved=solved, **used)))
+    (folder / "best.json").write_text(json.dumps(dict(best_score=best, solved=solved,
+                                                      evaluations=records[-1]["evaluations"])))
 
 
 def fake_config(sweep, code=None, strategy="grpo", targets=("cat",), **extra):
@@ -106,10 +106,10 @@ def test_pairs_at_equal_evaluations_cut_both_runs_where_the_shorter_ended(tmp_pa
     # grpo repeated itself and ended after 3 evaluations with 0.9; random went on to 8 and ended at 0.7, but had
     # only 0.3 after 3: at the end grpo leads by 0.2, at equal evaluations (3) by 0.6
     fake_run(tmp_path / "grpo-seed0" / "cat", [dict(evaluations=1, best_score=0.2),
-                                               dict(evaluations=3, best_score=0.9)], 0.9, evaluations=3)
+                                               dict(evaluations=3, best_score=0.9)], 0.9)
     fake_run(tmp_path / "random-seed0" / "cat", [dict(evaluations=1, best_score=0.3),
                                                  dict(evaluations=5, best_score=0.5),
-                                                 dict(evaluations=8, best_score=0.7)], 0.7, evaluations=8)
+                                                 dict(evaluations=8, best_score=0.7)], 0.7)
     results = collect(Namespace(strategies=["random", "grpo"], seeds=[0], budget=10, threshold=0.8), tmp_path,
                       ["cat"])
     assert paired_differences(results["grpo"], results["random"]) == pytest.approx([0.2])
@@ -310,7 +310,7 @@ def test_run_dynamics_and_its_table(tmp_path):
                     members=[member("neighbourhood", "repeat"), member("greedy", "repeat")]),
                dict(iteration=3, evaluations=24, best_score=0.4, ratio_mean=1.03, clip_fraction=0.1,
                     members=[member("online", "new", "new", "over_budget")])]
-    fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4, evaluations=24)
+    fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4)
     d = search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=100, budget=1000)
     # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 3 = 7,
     # 4 of them new; the last quarter (iteration 3 alone) sampled 3, 2 new; it stopped at iteration 3 of 100 with
@@ -321,7 +321,7 @@ def test_run_dynamics_and_its_table(tmp_path):
         kl=None)  # no drift.json yet
     assert not search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=3, budget=1000)["stalled"]
     random_run = dict(iteration=1, evaluations=22, best_score=0.3, members=[member("online", "new", "repeat")])
-    fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3, evaluations=22)
+    fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3)
     for strategy in ("grpo", "random"):
         fake_config(tmp_path / f"{strategy}-seed0", strategy=strategy, extra=None)
     args = Namespace(strategies=["grpo", "random"], seeds=[0], budget=30, threshold=0.9)
