@@ -9,8 +9,9 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
                         evaluations needed to first reach --threshold (mean over runs that did, with how many did);
                         then (paired.csv) each strategy against random, ns and grpo on the same target and seed:
                         the mean difference of best score with a 95 % percentile-bootstrap interval over pairs, the
-                        exact two-sided sign test (ties dropped), wins/ties/losses and a verdict; once at the
-                        end of the runs and once at equal evaluations (each pair cut at the evaluations its
+                        exact two-sided sign test (ties dropped) with its Holm adjustment over the table's
+                        comparisons, wins/ties/losses and a verdict; once at the end of the runs and once at
+                        equal evaluations (each pair cut at the evaluations its
                         shorter run used: under an iteration cap a policy that repeats itself uses fewer);
   targets.md            the best score per target and strategy, averaged over seeds;
   dynamics.md           per strategy, how it searched: iterations, GRPO updates taken and skipped, how far an
@@ -25,8 +26,7 @@ training settings runs only the strategies that do).
 The report never mixes code versions: it reads the sweeps of one code_hash (config.json's `code`; default the
 newest that has runs, or --code-hash) and says how many runs of other code it left out.
 
-Left out on purpose: a multiple-comparison correction (each interval is for its own comparison; the table says
-how many it shows), the Wilcoxon test (the sign test needs no symmetry of the differences), and start-up time
+Left out on purpose: the Wilcoxon test (the sign test needs no symmetry of the differences), and start-up time
 (model load, warm start) in the estimate, a few seconds per sweep.
 
     python bench/search.py --protocol paper --nproc 2 --threads 1 --out results/wordsearch-paper
@@ -416,6 +416,16 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n)
 
 
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values, in their order: the i-th smallest is multiplied by m - i + 1,
+    then made non-decreasing. An adjusted p below 0.05 holds for the whole family of m tests at once."""
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(sorted(range(len(ps)), key=lambda i: ps[i])):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a fraction k/n (stays inside [0, 1] and is not empty at k = 0 or n)."""
     p, z2 = k / n, z * z
@@ -435,7 +445,7 @@ def verdict(interval: tuple[float, float], p: float) -> str:
 
 def comparisons(results: dict, equal_evaluations=False) -> list[dict]:
     """Every strategy against each reference present, each pair of strategies once (ns against random, not also
-    random against ns)."""
+    random against ns); the rows are one family for Holm's adjustment of the sign test."""
     refs = [r for r in PAIRED_REFERENCES if r in results]
     rows = []
     for ref in refs:
@@ -446,6 +456,8 @@ def comparisons(results: dict, equal_evaluations=False) -> list[dict]:
             if diffs:
                 rows.append(dict(strategy=strategy, reference=ref, at="equal evaluations" if equal_evaluations
                                  else "end", **pair_statistics(diffs)))
+    for row, p in zip(rows, holm([r["sign_p"] for r in rows])):
+        row["holm_p"] = p
     return rows
 
 
@@ -458,8 +470,9 @@ def pair_statistics(diffs: list[float]) -> dict:
 
 
 def pair_cells(c: dict) -> str:
-    """A pair_statistics row as the table cells from the mean difference on."""
-    return (f"{c['mean_diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['sign_p']:.3f} | "
+    """A pair_statistics row as the table cells from the mean difference on (with its Holm p when it has one)."""
+    holm_cell = f"{c['holm_p']:.3f} | " if "holm_p" in c else ""
+    return (f"{c['mean_diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['sign_p']:.3f} | {holm_cell}"
             f"{c['wins']}/{c['ties']}/{c['losses']} | {c['verdict']} |")
 
 
@@ -508,16 +521,17 @@ def write_table(results: dict, out: Path, threshold: float, note: str = "") -> s
     for rows_at, heading in [(pairs, "at the end of the runs"), (equal, "at equal evaluations")]:
         if rows_at:
             md += ["", f"Paired best score, {heading}:", "",
-                   "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | W/T/L | verdict |",
-                   "|---" * 8 + "|"]
+                   "| strategy | reference | pairs | mean diff | 95 % CI | sign-test p | Holm p | W/T/L | verdict |",
+                   "|---" * 9 + "|"]
             md += [f"| {c['strategy']} | {c['reference']} | {c['pairs']} | {pair_cells(c)}" for c in rows_at]
     if pairs:
         md += ["", f"Paired: best score minus the reference's on the same target and seed (the same warm start); at "
                    f"equal evaluations, each run's best within the evaluations the shorter run of the pair used. "
                    f"95 % CI: percentile bootstrap over pairs ({RESAMPLES:,} resamples, seed 0); p: exact "
                    f"two-sided sign test, ties (within {TIE:g}) dropped. A difference counts only when the interval "
-                   f"excludes 0 and p < 0.05; each of the {len(pairs)} comparisons of a table is tested alone, "
-                   f"uncorrected."]
+                   f"excludes 0 and p < 0.05, each of the {len(pairs)} comparisons of a table tested alone; Holm p "
+                   f"adjusts p for all {len(pairs)} of its table (Holm's step-down): below 0.05, the difference "
+                   f"survives the multiple comparisons."]
     text = "\n".join(md) + "\n"
     (out / "table.md").write_text(text)
     return text

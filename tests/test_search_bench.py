@@ -8,7 +8,7 @@ import pytest
 
 import bench.search as search
 from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_note, collect, curve,
-                          estimate_seconds, paired_differences, parse_args, sign_test, sweeps_by_code, timings,
+                          estimate_seconds, holm, paired_differences, parse_args, sign_test, sweeps_by_code, timings,
                           verdict, wilson, wins_ties_losses, write_table, write_target_table)
 from migrate import STRATEGIES
 
@@ -95,11 +95,13 @@ def test_paired_table(tmp_path):
     text = write_table(paired_folders(tmp_path), tmp_path, 0.8)
     # mean diff (0.1 + 0 - 0.4) / 3 = -0.1; a resample of three pairs is all -0.4 (or all 0.1) with probability
     # 1/27 = 3.7 % > 2.5 %, so the percentile interval is the extremes [-0.4, 0.1]; sign test 1 win, 1 loss: p = 1
-    assert "| grpo | random | 3 | -0.100 | [-0.400, +0.100] | 1.000 | 1/1/1 | not distinguishable |" in text
+    # (and Holm's p of a table of one comparison is p)
+    assert "| grpo | random | 3 | -0.100 | [-0.400, +0.100] | 1.000 | 1.000 | 1/1/1 | not distinguishable |" in text
     assert "| random | grpo |" not in text  # each pair of strategies once
     # seed means 0.35 and 0.6: std 0.177; 0 of 3 solved: Wilson [0, 2 * (3.8416 / 6) / (1 + 3.8416 / 3)] = [0, 0.56]
     assert text.splitlines()[2] == "| random | 3 | 0.433 ± 0.153 | 0.177 | 0.00 [0.00, 0.56] | - | 0/3 |"
     assert (tmp_path / "paired.csv").read_text().splitlines()[1].startswith("grpo,random,end,3,")
+    assert (tmp_path / "paired.csv").read_text().splitlines()[0].endswith(",verdict,holm_p")
 
 
 def test_pairs_at_equal_evaluations_cut_both_runs_where_the_shorter_ended(tmp_path):
@@ -137,6 +139,15 @@ def test_sign_test_against_binomial_sums():
     assert sign_test(1, 9) == 2 * (1 + 10) / 1024
     # 14 against 16: 2 * sum_{i<=14} C(30, i) / 2^30 = (2^30 - C(30, 15)) / 2^30 = 918624304 / 1073741824
     assert sign_test(14, 16) == pytest.approx(918624304 / 1073741824)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08, raised to 0.09 (never below a smaller p's);
+    # 0.5 x 1 = 0.5. Returned in the input's order.
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # 0.3 x 2, then 0.6 x 1 = 0.6
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
 
 
 def test_verdict_needs_the_interval_and_the_sign_test():
