@@ -286,14 +286,18 @@ def code_note(groups: dict[str, list[Path]], code: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Reading runs.
 
-def curve(run_dir: Path, budget: int) -> list[float]:
+def read_history(run_dir: Path) -> list[dict]:
+    """A run's iteration log, one record per line, the warm start's first."""
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def curve(records: list[dict], budget: int) -> list[float]:
     """Best-so-far score after 0..budget evaluations, read from the iteration log: one step per new candidate, in
     the order the log lists them (an iteration scores its batch at once; that order stands in for one within it),
     so that two runs cut at the same evaluation count are cut fairly. A record that lists no candidates counts its
     finds from the evaluation total it reached."""
     points, best = [0.0], 0.0
-    for line in (run_dir / "history.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in records:
         new = [c["score"] for m in r.get("members", []) for c in m["candidates"] if c["status"] == "new"]
         if len(points) - 1 + len(new) != r["evaluations"]:  # no candidates logged: one step for the iteration
             points += [best] * (r["evaluations"] - len(points))
@@ -307,15 +311,14 @@ def curve(run_dir: Path, budget: int) -> list[float]:
     return points + [points[-1]] * (budget + 1 - len(points))
 
 
-def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
+def run_dynamics(records: list[dict], iterations: int, budget: int) -> dict:
     """What a run's log says about how it searched: iterations run; GRPO updates taken and skipped (a group with
     no signal); how far each update moved the policy, as |token ratio - 1| and the clipped fraction of its last
     step (the ratio is 1 before the first step, so this is the step's own move); the share of sampled candidates
     (greedy re-inserts left out) that were new, over the run and over its last quarter of iterations (a policy
     that collapses onto a few answers finds ever fewer new ones); and whether it stalled (stopped by --patience:
     neither solved, nor at its iteration cap, nor out of budget)."""
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
-    records = [r for r in map(json.loads, lines) if r.get("iteration") != 0]  # the warm start is no iteration
+    records = [r for r in records if r.get("iteration") != 0]  # the warm start is no iteration
     updates = [r for r in records if r.get("ratio_mean") is not None]
     sampled_in = lambda rs: [c for r in rs for m in r.get("members", []) if m["origin"] != "greedy"  # noqa: E731
                              for c in m["candidates"]]
@@ -323,13 +326,17 @@ def run_dynamics(run_dir: Path, iterations: int, budget: int) -> dict:
     last = records[-1] if records else {}
     stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
                and last.get("best_score", 0.0) < 1)
-    drift = run_dir / "drift.json"  # bench/drift.py: KL of the trained policy to the base, when measured
     return dict(iterations=len(records), updates=len(updates), skipped=sum("skipped" in r for r in records),
                 ratio_moves=[abs(r["ratio_mean"] - 1) for r in updates],
                 clip=[r["clip_fraction"] for r in updates],
                 new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled),
-                new_late=sum(c["status"] == "new" for c in late), sampled_late=len(late), stalled=stalled,
-                kl=json.loads(drift.read_text())["kl_per_token"] if drift.exists() else None)
+                new_late=sum(c["status"] == "new" for c in late), sampled_late=len(late), stalled=stalled)
+
+
+def measured_kl(run_dir: Path) -> float | None:
+    """bench/drift.py's KL of the trained policy to the base model per token, when it has measured the run."""
+    drift = run_dir / "drift.json"
+    return json.loads(drift.read_text())["kl_per_token"] if drift.exists() else None
 
 
 def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = None) -> dict:
@@ -348,10 +355,12 @@ def collect(args, out: Path, targets: list[str], sweeps: list[Path] | None = Non
                 if not (d / "best.json").exists():
                     continue
                 b = json.loads((d / "best.json").read_text())
-                c = curve(d, args.budget)
+                history = read_history(d)
+                c = curve(history, args.budget)
                 used = min(b["evaluations"], args.budget)  # a report may cut runs made with a larger budget
                 hit = next((e for e, v in enumerate(c) if v >= args.threshold), None)
-                dynamics = run_dynamics(d, settings.get("iterations", math.inf), settings.get("budget", math.inf))
+                dynamics = run_dynamics(history, settings.get("iterations", math.inf),
+                                        settings.get("budget", math.inf)) | dict(kl=measured_kl(d))
                 results.setdefault(strategy, []).append(dict(seed=seed, target=t, best=b["best_score"],
                                                              solved=b["solved"], first_hit=hit, curve=c,
                                                              evaluations=used, dynamics=dynamics))

@@ -8,8 +8,9 @@ import pytest
 
 import bench.search as search
 from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_note, collect, curve,
-                          estimate_seconds, holm, paired_differences, parse_args, sign_test, sweeps_by_code, timings,
-                          verdict, wilson, wins_ties_losses, write_table, write_target_table)
+                          estimate_seconds, holm, paired_differences, parse_args, read_history, sign_test,
+                          sweeps_by_code, timings, verdict, wilson, wins_ties_losses, write_table,
+                          write_target_table)
 from migrate import STRATEGIES
 
 
@@ -32,8 +33,8 @@ def test_curve_is_best_so_far_per_evaluation(tmp_path):
     fake_run(tmp_path, [dict(evaluations=2, best_score=0.3), dict(evaluations=4, best_score=0.5),
                         dict(evaluations=5, best_score=0.4)], 0.5)
     # nothing is known before the warm start's 2 evaluations; each record's best counts from its total on
-    assert curve(tmp_path, 6) == [0.0, 0.0, 0.3, 0.3, 0.5, 0.5, 0.5]
-    assert curve(tmp_path, 3) == [0.0, 0.0, 0.3, 0.3]  # cut at the budget
+    assert curve(read_history(tmp_path), 6) == [0.0, 0.0, 0.3, 0.3, 0.5, 0.5, 0.5]
+    assert curve(read_history(tmp_path), 3) == [0.0, 0.0, 0.3, 0.3]  # cut at the budget
 
 
 def test_curve_steps_once_per_new_candidate(tmp_path):
@@ -42,8 +43,8 @@ def test_curve_steps_once_per_new_candidate(tmp_path):
                         dict(evaluations=4, best_score=0.9, members=[member(("a", 0.4, "repeat"), ("c", 0.2, "new")),
                                                                      member(("d", 0.9, "new"))])], 0.9)
     # the repeat of "a" costs nothing; "c" is the 3rd evaluation, "d" the 4th: the 0.9 counts from 4, not from 3
-    assert curve(tmp_path, 5) == [0.0, 0.4, 0.4, 0.4, 0.9, 0.9]
-    assert curve(tmp_path, 3) == [0.0, 0.4, 0.4, 0.4]
+    assert curve(read_history(tmp_path), 5) == [0.0, 0.4, 0.4, 0.4, 0.9, 0.9]
+    assert curve(read_history(tmp_path), 3) == [0.0, 0.4, 0.4, 0.4]
 
 
 def test_tables_average_over_targets_and_seeds(tmp_path):
@@ -322,15 +323,15 @@ def test_run_dynamics_and_its_table(tmp_path):
                dict(iteration=3, evaluations=24, best_score=0.4, ratio_mean=1.03, clip_fraction=0.1,
                     members=[member("online", "new", "new", "over_budget")])]
     fake_run(tmp_path / "grpo-seed0" / "cat", records, 0.4)
-    d = search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=100, budget=1000)
+    d = search.run_dynamics(records, iterations=100, budget=1000)
     # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 3 = 7,
     # 4 of them new; the last quarter (iteration 3 alone) sampled 3, 2 new; it stopped at iteration 3 of 100 with
     # 24 of 1000 evaluations, unsolved: stalled
     assert d["ratio_moves"] == pytest.approx([0.01, 0.03]) and d["clip"] == [0.0, 0.1]
     assert {k: v for k, v in d.items() if k not in ("ratio_moves", "clip")} == dict(
-        iterations=3, updates=2, skipped=1, new=4, sampled=7, new_late=2, sampled_late=3, stalled=True,
-        kl=None)  # no drift.json yet
-    assert not search.run_dynamics(tmp_path / "grpo-seed0" / "cat", iterations=3, budget=1000)["stalled"]
+        iterations=3, updates=2, skipped=1, new=4, sampled=7, new_late=2, sampled_late=3, stalled=True)
+    assert search.measured_kl(tmp_path / "grpo-seed0" / "cat") is None  # no drift.json yet
+    assert not search.run_dynamics(records, iterations=3, budget=1000)["stalled"]
     random_run = dict(iteration=1, evaluations=22, best_score=0.3, members=[member("online", "new", "repeat")])
     fake_run(tmp_path / "random-seed0" / "cat", [warm, random_run], 0.3)
     for strategy in ("grpo", "random"):
