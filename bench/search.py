@@ -119,8 +119,12 @@ def sweep_finished(out: Path) -> bool:
 
 
 def iteration_flag(args) -> list[str]:
-    """migrate.py's --iterations when the experiment caps them (else the budget alone ends a run)."""
-    return ["--iterations", str(args.iterations)] if args.iterations else []
+    """migrate.py's --iterations when the experiment caps them (else the budget alone ends a run), with --patience
+    as long as the cap: the released code stops a run early only when it is solved, never for finding nothing new,
+    so an iteration-capped protocol runs every iteration (a --patience given beside it still wins)."""
+    if not args.iterations:
+        return []
+    return ["--iterations", str(args.iterations), "--patience", str(args.iterations)]
 
 
 def timings(history: Path) -> dict:

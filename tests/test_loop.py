@@ -275,6 +275,9 @@ def test_a_search_that_finds_nothing_new_stops_after_patience(scripted, tmp_path
     # iteration 1 scores plum and kiwi; every later answer repeats them, so iterations 2-4 find nothing new
     assert summary["iterations"] == 4 and summary["evaluations"] == 5
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 5  # warm start + 4 iterations
+    # patience as long as the cap (bench/search.py's protocols, as the released code): every iteration runs
+    s.iterations = s.patience = 8
+    assert migrate.search(s, tmp_path / "capped", policy, task, quiet=True)["iterations"] == 8
 
 
 class PairTask(FruitTask):

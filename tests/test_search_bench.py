@@ -290,7 +290,9 @@ def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
         search.run_sweep(parse_args(argv + ["--lr", "1e-4"]), "grpo", 1, tmp_path / "grpo-seed1")
     capped, uncapped = ran
     assert capped[capped.index("--iterations") + 1] == "100" and capped[-2:] == ["--lr", "1e-4"]
+    assert capped[capped.index("--patience") + 1] == "100"  # every iteration runs, as in the released code
     assert "--iterations" not in uncapped and uncapped[uncapped.index("--budget") + 1] == "50"
+    assert "--patience" not in uncapped  # without a cap, patience is what stops a policy that only repeats
     search.run_sweep(parse_args(["--nproc", "2"]), "grpo", 1, tmp_path / "grpo-seed1")
     assert ran[-1][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]  # its own port
 
