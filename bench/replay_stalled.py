@@ -15,6 +15,7 @@ bench/drift.py (a replayed run has a new adapter) and the report.
     python bench/replay_stalled.py results/wordsearch-tuned --code /tmp/made-it --nproc 2 --threads 1
 """
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -90,11 +91,14 @@ def main(argv=None):
     p.add_argument("experiment", type=Path, help="a bench/search.py --out folder")
     p.add_argument("--nproc", type=int, default=1, help="processes per replay (torchrun when > 1)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    p.add_argument("--only", default="*", help="comma-separated patterns of the sweeps to replay, e.g. 'grpo-seed*' "
+                                                "(two commands on disjoint sweeps keep two cores busy)")
     p.add_argument("--code", type=Path, default=ROOT, help="a checkout of the commit that made the experiment, "
                                                             "whose migrate.py replays (default: this one)")
     args = p.parse_args(argv)
     code = args.code.resolve()
-    sweeps = sorted(d for d in args.experiment.glob("*-seed*") if (d / "config.json").exists())
+    sweeps = sorted(d for d in args.experiment.glob("*-seed*") if (d / "config.json").exists()
+                    and any(fnmatch.fnmatch(d.name, pattern) for pattern in args.only.split(",")))
     replayed = 0
     for sweep in sweeps:
         targets = stopped_by_patience(sweep)

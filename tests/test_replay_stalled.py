@@ -30,7 +30,9 @@ def test_stopped_runs_are_replayed_to_the_cap_and_put_in_place(stopped_sweep):
     # the tiny model's answers repeat: patience 2 ends at least one run before the cap
     assert stopped and all(read_history(sweep / slug(t))[-1]["iteration"] < CAP for t in stopped)
     before = {t: replay_stalled.without_timings(read_history(sweep / slug(t))) for t in stopped}
-    replay_stalled.main([str(sweep.parent)])
+    replay_stalled.main([str(sweep.parent), "--only", "migrate-*,grpo-seed1"])  # matches no sweep here
+    assert replay_stalled.without_timings(read_history(sweep / slug(stopped[0]))) == before[stopped[0]]
+    replay_stalled.main([str(sweep.parent), "--only", "migrate-*,grpo-seed*"])
     config = read_config(sweep)
     assert config["settings"]["patience"] == CAP and config["replayed_to_the_cap"] == sorted(stopped)
     for t in stopped:
