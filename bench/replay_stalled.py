@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.search import read_history, run_dynamics  # noqa: E402
+from bench.search import launch_migrate, read_history, run_dynamics  # noqa: E402
 from rundir import atomic_write, code_version, read_config, slug, write_summary  # noqa: E402
 
 REPLAYS = "replays"  # under the experiment folder, git-ignored while they run
@@ -43,10 +43,8 @@ def stopped_by_patience(sweep: Path) -> list[str]:
 
 def replay_command(code: Path, folder: Path, cap: int, nproc: int) -> list[str]:
     """code's migrate.py continuing the replay folder (its config.json: the sweep's, for the stopped targets) with
-    patience as long as the cap; under torchrun when more than one process is asked for."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
-        if nproc > 1 else [sys.executable]
-    return launcher + [str(code / "migrate.py"), "--quiet", "--resume", str(folder), "--patience", str(cap)]
+    patience as long as the cap."""
+    return launch_migrate(code / "migrate.py", nproc) + ["--resume", str(folder), "--patience", str(cap)]
 
 
 def replay(code: Path, sweep: Path, targets: list[str], nproc: int, threads: int) -> Path:

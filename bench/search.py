@@ -86,12 +86,17 @@ OLDER, MIXED = "older code", "mixed code"
 # ----------------------------------------------------------------------------------------------------------
 # Running: sweeps of migrate.py, and the estimate of their wall time.
 
+def launch_migrate(migrate_py: Path, nproc: int) -> list[str]:
+    """The command line that starts migrate.py quietly, under torchrun when more than one process is asked for."""
+    if nproc <= 1:
+        return [sys.executable, str(migrate_py), "--quiet"]
+    # --standalone: a free port of its own, so two sweeps on one machine do not meet on torchrun's default
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            str(migrate_py), "--quiet"]
+
+
 def migrate_command(args, out: Path, settings: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "migrate.py"), "--quiet"]
-    if args.nproc > 1:
-        # --standalone: a free port of its own, so two sweeps on one machine do not meet on torchrun's default
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-               str(ROOT / "migrate.py"), "--quiet"]
+    cmd = launch_migrate(ROOT / "migrate.py", args.nproc)
     if (out / "config.json").exists():
         return cmd + ["--resume", str(out)]
     return cmd + ["--task", args.task, "--out", str(out)] + settings
