@@ -50,11 +50,11 @@ def replay_command(code: Path, folder: Path, cap: int, nproc: int) -> list[str]:
 def replay(code: Path, sweep: Path, targets: list[str], nproc: int, threads: int) -> Path:
     folder = sweep.parent / REPLAYS / sweep.name
     if not all((folder / slug(t) / "best.json").exists() for t in targets):
+        config = read_config(sweep)
         if not (folder / "config.json").exists():  # a replay already begun keeps its own config.json
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / "config.json", json.dumps(read_config(sweep) | dict(targets=targets), indent=1))
-        cap = read_config(sweep)["settings"]["iterations"]
-        cmd = replay_command(code, folder, cap, min(nproc, len(targets)))
+            atomic_write(folder / "config.json", json.dumps(config | dict(targets=targets), indent=1))
+        cmd = replay_command(code, folder, config["settings"]["iterations"], min(nproc, len(targets)))
         print(f"[{sweep.name}] replaying {', '.join(targets)}", flush=True)
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     return folder
