@@ -72,10 +72,12 @@ def reproduces(stopped: Path, replayed: Path) -> bool:
 
 def put_in_place(sweep: Path, folder: Path, targets: list[str]) -> None:
     """The replays take their runs' places; config.json says so (the sweep's settings now have patience as long
-    as the cap, which is what every run of it has behaved as); the summary is rewritten."""
+    as the cap, which is what every run of it has behaved as); the summary is rewritten. The stopped runs are
+    deleted with the replay folder, last."""
     config = read_config(sweep)
     for t in targets:
-        shutil.rmtree(sweep / slug(t))
+        # the stopped run goes aside before the replay moves in: a crash between the two loses neither
+        shutil.move(sweep / slug(t), folder / f"{slug(t)}.stopped")
         shutil.move(folder / slug(t), sweep / slug(t))
     config["settings"]["patience"] = config["settings"]["iterations"]
     config["replayed_to_the_cap"] = sorted(set(config.get("replayed_to_the_cap", [])) | set(targets))
