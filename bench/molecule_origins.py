@@ -14,7 +14,7 @@ from rdkit import Chem, RDLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.search import read_history  # noqa: E402
+from bench.search import read_history, sampled_answers  # noqa: E402
 from rundir import read_config, slug  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
@@ -27,20 +27,19 @@ def is_aromatic(smiles: str) -> bool:
 
 def run_origins(run_dir: Path) -> dict:
     best = json.loads((run_dir / "best.json").read_text())["best"]
-    answers = valid = new = aromatic = 0
+    records = read_history(run_dir)
+    answers = sampled_answers(records)
+    new = aromatic = 0
     best_from = None
-    for record in read_history(run_dir):
+    for record in records:
         for member in record.get("members", []):
-            if member["origin"] != "greedy":  # a greedy re-insert is no sampled answer
-                answers += 1
-                valid += bool(member["candidates"])
             for c in member["candidates"]:
                 if c["status"] == "new":
                     new += 1
                     aromatic += is_aromatic(c["candidate"])
                 if c["candidate"] == best and best_from is None:
                     best_from = (record["iteration"], member["origin"])
-    return dict(answers=answers, valid=valid, new=new, aromatic=aromatic, best=best, best_from=best_from)
+    return dict(answers=len(answers), valid=sum(bool(m["candidates"]) for m in answers), new=new, aromatic=aromatic, best=best, best_from=best_from)
 
 
 def main(argv=None):
