@@ -6,6 +6,7 @@ molecule, the share of new molecules that are aromatic, and per run the member o
 """
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from rdkit import Chem, RDLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.search import read_history, sampled_answers  # noqa: E402
+from bench.search import read_history, run_dynamics, sampled_answers  # noqa: E402
 from rundir import read_config, slug  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
@@ -28,18 +29,12 @@ def is_aromatic(smiles: str) -> bool:
 def run_origins(run_dir: Path) -> dict:
     best = json.loads((run_dir / "best.json").read_text())["best"]
     records = read_history(run_dir)
-    answers = sampled_answers(records)
-    new = aromatic = 0
-    best_from = None
-    for record in records:
-        for member in record.get("members", []):
-            for c in member["candidates"]:
-                if c["status"] == "new":
-                    new += 1
-                    aromatic += is_aromatic(c["candidate"])
-                if c["candidate"] == best and best_from is None:
-                    best_from = (record["iteration"], member["origin"])
-    return dict(answers=len(answers), valid=sum(bool(m["candidates"]) for m in answers), new=new, aromatic=aromatic, best=best, best_from=best_from)
+    counts = run_dynamics(records, iterations=math.inf, budget=math.inf)  # sampled answers, and valid ones
+    new = [c["candidate"] for m in sampled_answers(records) for c in m["candidates"] if c["status"] == "new"]
+    best_from = next(((r["iteration"], m["origin"]) for r in records for m in r.get("members", [])
+                      for c in m["candidates"] if c["candidate"] == best), None)
+    return dict(answers=counts["answers"], valid=counts["valid"], new=len(new), aromatic=sum(map(is_aromatic, new)),
+                best=best, best_from=best_from)
 
 
 def main(argv=None):

@@ -72,8 +72,8 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
     "molecules": dict(task="molecule", targets="rediscover:celecoxib,qed,mpo,logp-window", seeds="0,1,2",
                       budget=1000, iterations=40,
                       strategies="random,ns,grpo,migrate,opro,grpo-greedy,migrate-opro,migrate-evo"),
-    # The paper's docking score on two of its proteins, small enough for a 2-core machine: about an hour for the
-    # 18 runs (the 135M model's molecules are small and dock in seconds); needs Open Babel and dockstring (README).
+    # The paper's docking score on two of its proteins, small enough for a 2-core machine: its 18 runs took about
+    # an hour on this project's (README); needs Open Babel and dockstring.
     "docking": dict(task="molecule", targets="dock:DRD2,dock:ESR2", seeds="0,1,2", budget=1000, iterations=15,
                     strategies="random,grpo,migrate"),
 }
