@@ -105,6 +105,10 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=16, help="answers sampled per run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     args = ap.parse_args(argv)
+    for folder in args.folders:  # a sweep folder (…-seed0) would silently measure nothing
+        if not any(folder.glob("*-seed*/config.json")):
+            ap.error(f"{folder} holds no sweeps (*-seedN/config.json): pass the experiment folder, "
+                     "bench/search.py's --out")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"wrote {measure(args.folders, args.samples)} drift.json files")

@@ -2,6 +2,7 @@
 drift for one that does, and only finished training runs with an adapter measured, once."""
 import json
 
+import pytest
 import torch
 
 from bench import drift
@@ -32,3 +33,10 @@ def test_drift_is_zero_for_a_silent_adapter_and_positive_for_a_moved_one(model_d
     d = json.loads((run / "drift.json").read_text())
     # answers sampled from the trained policy are likelier under it than under the base: KL and log-ratio > 0
     assert d["kl_per_token"] > 1e-3 and d["logratio"] > 0
+
+
+def test_a_folder_without_sweeps_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "grpo-seed0").mkdir()  # a sweep folder passed where the experiment folder belongs
+    with pytest.raises(SystemExit) as e:
+        drift.main([str(tmp_path / "grpo-seed0")])
+    assert e.value.code == 2 and "holds no sweeps" in capsys.readouterr().err
