@@ -16,7 +16,8 @@ or, when there are none, from a 2-iteration calibration run. Then it writes into
   targets.md            the best score per target and strategy, averaged over seeds;
   dynamics.md           per strategy, how it searched: iterations, GRPO updates taken and skipped, how far an
                         update moved the policy (token ratio, clipped fraction), the share of sampled answers that
-                        held a candidate and of sampled candidates that were new, runs that stalled;
+                        held a candidate and of sampled candidates that were new (over the run and its last
+                        quarter), runs that stalled;
   curves.svg            best-so-far against evaluations, one line per strategy (mean over runs) with a band
                         (min..max over seeds of the per-seed mean over targets).
 With --compare DIR,DIR,... it instead pairs sweeps made under different settings (one folder each, the first the
@@ -329,15 +330,18 @@ def run_dynamics(records: list[dict], iterations: int, budget: int) -> dict:
     """What a run's log says about how it searched: iterations run; GRPO updates taken and skipped (a group with
     no signal); how far each update moved the policy, as |token ratio - 1| and the clipped fraction of its last
     step (the ratio is 1 before the first step, so this is the step's own move); the sampled answers and how many
-    held a candidate the task could score (the rest did not parse); the share of sampled candidates
+    held a candidate the task could score (the rest did not parse), over the run and over its last quarter of
+    iterations (a policy trained on rewards that are 0 for an answer that does not parse learns to parse); the
+    share of sampled candidates
     (greedy re-inserts left out) that were new, over the run and over its last quarter of iterations (a policy
     that collapses onto a few answers finds ever fewer new ones); and whether it stalled (stopped by --patience:
     neither solved, nor at its iteration cap, nor out of budget)."""
     records = [r for r in records if r.get("iteration") != 0]  # the warm start is no iteration
     updates = [r for r in records if r.get("ratio_mean") is not None]
-    answers = sampled_answers(records)
+    last_quarter = records[len(records) * 3 // 4:]
+    answers, answers_late = sampled_answers(records), sampled_answers(last_quarter)
     sampled_in = lambda rs: [c for m in sampled_answers(rs) for c in m["candidates"]]  # noqa: E731
-    sampled, late = sampled_in(records), sampled_in(records[len(records) * 3 // 4:])
+    sampled, late = sampled_in(records), sampled_in(last_quarter)
     last = records[-1] if records else {}
     stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
                and last.get("best_score", 0.0) < 1)
@@ -345,6 +349,7 @@ def run_dynamics(records: list[dict], iterations: int, budget: int) -> dict:
                 ratio_moves=[abs(r["ratio_mean"] - 1) for r in updates],
                 clip=[r["clip_fraction"] for r in updates],
                 answers=len(answers), valid=sum(bool(m["candidates"]) for m in answers),
+                answers_late=len(answers_late), valid_late=sum(bool(m["candidates"]) for m in answers_late),
                 new=sum(c["status"] == "new" for c in sampled), sampled=len(sampled),
                 new_late=sum(c["status"] == "new" for c in late), sampled_late=len(late), stalled=stalled)
 
@@ -604,8 +609,9 @@ def write_dynamics_table(results: dict, out: Path) -> str:
     """dynamics.md: per strategy, how its runs searched (run_dynamics), pooled over runs."""
     md = ["| strategy | runs | iterations (mean) | evaluations (mean) | updates / skipped (mean) | "
           "mean |ratio - 1| per update | max |ratio - 1| | clipped fraction (mean) | KL to base per token (runs) | "
-          "sampled answers holding a candidate | sampled candidates new | new in the last quarter | stalled runs |",
-          "|---" * 13 + "|"]
+          "sampled answers holding a candidate | holding one in the last quarter | sampled candidates new | "
+          "new in the last quarter | stalled runs |",
+          "|---" * 14 + "|"]
     for strategy, runs in results.items():
         d = [r["dynamics"] for r in runs]
         moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
@@ -613,18 +619,20 @@ def write_dynamics_table(results: dict, out: Path) -> str:
         mean = lambda xs, f="{:.4f}": f.format(sum(xs) / len(xs)) if xs else "-"  # noqa: E731
         sampled, late = sum(x["sampled"] for x in d), sum(x["sampled_late"] for x in d)
         late_new = f"{sum(x['new_late'] for x in d) / late:.3f}" if late else "-"
+        answers_late = sum(x["answers_late"] for x in d)
+        late_valid = f"{sum(x['valid_late'] for x in d) / answers_late:.3f}" if answers_late else "-"
         md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
                   f"{mean([r['evaluations'] for r in runs], '{:.0f}')} | "
                   f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
                   f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
                   f"{mean(kls, '{:.5f}')} ({len(kls)}) | "
-                  f"{sum(x['valid'] for x in d) / sum(x['answers'] for x in d):.3f} | "
+                  f"{sum(x['valid'] for x in d) / sum(x['answers'] for x in d):.3f} | {late_valid} | "
                   f"{sum(x['new'] for x in d) / sampled:.3f} | {late_new} | {sum(x['stalled'] for x in d)} |"
-                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 11)
+                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 12)
     md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
                "steps (1 before any step), and the fraction of tokens clipped there. Holding a candidate: the share "
-               "of sampled answers (greedy re-inserts left out) the task could parse into at least one candidate. "
-               "New: the share of candidates from those answers that no earlier iteration had scored, over "
+               "of sampled answers (greedy re-inserts left out) the task could parse into at least one candidate, over "
+               "the runs and over their last quarter of iterations. New: the share of candidates from those answers that no earlier iteration had scored, over "
                "the runs and over their last quarter of iterations. KL: bench/drift.py's KL(trained || base) per "
                "token on the trained policy's own answers, over the runs it measured. Stalled: stopped by "
                "--patience, neither solved nor at the iteration cap or budget."]

@@ -328,12 +328,12 @@ def test_run_dynamics_and_its_table(tmp_path):
     d = search.run_dynamics(records, iterations=100, budget=1000)
     # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 3 = 7,
     # 4 of them new; the last quarter (iteration 3 alone) sampled 3, 2 new; 4 sampled answers (greedy ones are
-    # none), the last of them without a candidate; it stopped at iteration 3 of 100 with 24 of 1000 evaluations,
+    # none), the last of them without a candidate, 2 of them in the last quarter; it stopped at iteration 3 of 100 with 24 of 1000 evaluations,
     # unsolved: stalled
     assert d["ratio_moves"] == pytest.approx([0.01, 0.03]) and d["clip"] == [0.0, 0.1]
     assert {k: v for k, v in d.items() if k not in ("ratio_moves", "clip")} == dict(
-        iterations=3, updates=2, skipped=1, answers=4, valid=3, new=4, sampled=7, new_late=2, sampled_late=3,
-        stalled=True)
+        iterations=3, updates=2, skipped=1, answers=4, valid=3, answers_late=2, valid_late=1, new=4, sampled=7,
+        new_late=2, sampled_late=3, stalled=True)
     assert search.measured_kl(tmp_path / "grpo-seed0" / "cat") is None  # no drift.json yet
     assert not search.run_dynamics(records, iterations=3, budget=1000)["stalled"]
     random_run = dict(iteration=1, evaluations=22, best_score=0.3, members=[member("online", "new", "repeat")])
@@ -344,10 +344,10 @@ def test_run_dynamics_and_its_table(tmp_path):
     (tmp_path / "grpo-seed0" / "cat" / "drift.json").write_text(json.dumps(dict(kl_per_token=0.0125)))
     text = search.write_dynamics_table(search.collect(args, tmp_path, ["cat"]), tmp_path)
     rows = text.splitlines()
-    assert rows[2] == ("| grpo | 1 | 3.0 | 24 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.01250 (1) | 0.750 | 0.571 | "
-                       "0.667 | 1 |")
+    assert rows[2] == ("| grpo | 1 | 3.0 | 24 | 2.0 / 1.0 | 0.0200 | 0.0300 | 0.0500 | 0.01250 (1) | 0.750 | 0.500 | "
+                       "0.571 | 0.667 | 1 |")
     # one iteration is its own last quarter; no iteration cap known: inf, so stalled
-    assert rows[3] == "| random | 1 | 1.0 | 22 | 0.0 / 0.0 | - | - | - | - (0) | 1.000 | 0.500 | 0.500 | 1 |"
+    assert rows[3] == "| random | 1 | 1.0 | 22 | 0.0 / 0.0 | - | - | - | - (0) | 1.000 | 1.000 | 0.500 | 0.500 | 1 |"
     assert (tmp_path / "dynamics.md").read_text() == text
 
 
