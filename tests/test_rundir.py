@@ -3,6 +3,7 @@ state.pt and history.jsonl files, a state.pt that would run code if unpickled, o
 finished search keeps. The loop runs with test_loop's scripted sampler (no model), so every record is known."""
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_a_damaged_state_file_is_a_one_line_error(scripted, tmp_path, monkeypatc
     s, task, policy = interrupted_run(tmp_path, monkeypatch)
     path = tmp_path / "state.pt"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[:len(data) // 2], "random": os.urandom(len(data)), "empty": b""}[damage])
+    path.write_bytes({"truncated": data[:len(data) // 2], "random": random.Random(0).randbytes(len(data)), "empty": b""}[damage])
     with pytest.raises(rundir.RunFolderError) as e:
         migrate.search(s, tmp_path, policy, task, quiet=True)
     message = str(e.value)
