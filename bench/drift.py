@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.search import SWEEP_CONFIGS  # noqa: E402
 from checkpoint import load_model, read_safetensors  # noqa: E402
 from cli import load_task_class  # noqa: E402
 from migrate import Policy  # noqa: E402
@@ -65,7 +66,7 @@ def run_settings(config: dict) -> Settings:
 def runs_to_measure(folders: list[Path]):
     """(sweep config, run folder) of every finished training run with an adapter and without drift.json."""
     for folder in folders:
-        for config_path in sorted(folder.glob("*-seed*/config.json")):
+        for config_path in sorted(folder.glob(SWEEP_CONFIGS)):
             config = json.loads(config_path.read_text())
             if not config["settings"].get("update", False):
                 continue
@@ -106,7 +107,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     args = ap.parse_args(argv)
     for folder in args.folders:  # a sweep folder (…-seed0) would silently measure nothing
-        if not any(folder.glob("*-seed*/config.json")):
+        if not any(folder.glob(SWEEP_CONFIGS)):
             ap.error(f"{folder} holds no sweeps (*-seedN/config.json): pass the experiment folder, "
                      "bench/search.py's --out")
     if args.threads:

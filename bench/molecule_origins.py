@@ -15,7 +15,7 @@ from rdkit import Chem, RDLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.search import read_history, run_dynamics, sampled_answers  # noqa: E402
+from bench.search import SWEEP_CONFIGS, read_history, run_dynamics, sampled_answers  # noqa: E402
 from rundir import read_config, slug  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("experiment", type=Path, help="a bench/search.py --out folder of the molecule task")
     args = p.parse_args(argv)
     totals = defaultdict(lambda: defaultdict(int))
-    for config_path in sorted(args.experiment.glob("*-seed*/config.json")):
+    for config_path in sorted(args.experiment.glob(SWEEP_CONFIGS)):
         sweep, config = config_path.parent, read_config(config_path.parent)
         strategy = config["settings"]["strategy"]
         for t in config["targets"]:

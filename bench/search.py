@@ -81,6 +81,7 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
 PAIRED_REFERENCES = ("random", "ns", "grpo")  # sampling alone, the neighbourhood without training, on-policy GRPO
 TIE = 1e-6  # scores this close are one score: the same word embedded in another batch differs in the last bits
 RESAMPLES = 10_000
+SWEEP_CONFIGS = "*-seed*/config.json"  # an experiment folder holds one sweep folder per strategy and seed
 OLDER, MIXED = "older code", "mixed code"
 
 
@@ -174,7 +175,7 @@ def estimate_seconds(runs_left: dict[str, int], trains: dict[str, bool], rates: 
 def history_timings(out: Path, code: str) -> dict[str, list[dict]]:
     """strategy -> timings of every run in --out made by this code (finished or not)."""
     found = {}
-    for config in out.glob("*-seed*/config.json"):
+    for config in out.glob(SWEEP_CONFIGS):
         c = read_config(config.parent)
         if code_label(c) == code:
             for h in config.parent.glob("*/history.jsonl"):
@@ -253,7 +254,7 @@ def code_label(config: dict) -> str:
 
 def sweeps_by_code(out: Path) -> dict[str, list[Path]]:
     groups = {}
-    for config in sorted(out.glob("*-seed*/config.json")):
+    for config in sorted(out.glob(SWEEP_CONFIGS)):
         groups.setdefault(code_label(read_config(config.parent)), []).append(config.parent)
     return groups
 
@@ -329,19 +330,16 @@ def sampled_answers(records: list[dict]) -> list[dict]:
 def run_dynamics(records: list[dict], iterations: int, budget: int) -> dict:
     """What a run's log says about how it searched: iterations run; GRPO updates taken and skipped (a group with
     no signal); how far each update moved the policy, as |token ratio - 1| and the clipped fraction of its last
-    step (the ratio is 1 before the first step, so this is the step's own move); the sampled answers and how many
-    held a candidate the task could score (the rest did not parse), over the run and over its last quarter of
-    iterations (a policy trained on rewards that are 0 for an answer that does not parse learns to parse); the
-    share of sampled candidates
-    (greedy re-inserts left out) that were new, over the run and over its last quarter of iterations (a policy
-    that collapses onto a few answers finds ever fewer new ones); and whether it stalled (stopped by --patience:
-    neither solved, nor at its iteration cap, nor out of budget)."""
+    step (the ratio is 1 before the first step, so this is the step's own move); the sampled answers (greedy
+    re-inserts left out) and how many held a candidate the task could score (the rest did not parse: a policy
+    rewarded 0 for those learns to parse), and their candidates and how many were new (a policy that collapses
+    onto a few answers finds ever fewer new ones), each over the run and over its last quarter of iterations; and
+    whether it stalled (stopped by --patience: neither solved, nor at its iteration cap, nor out of budget)."""
     records = [r for r in records if r.get("iteration") != 0]  # the warm start is no iteration
     updates = [r for r in records if r.get("ratio_mean") is not None]
-    last_quarter = records[len(records) * 3 // 4:]
-    answers, answers_late = sampled_answers(records), sampled_answers(last_quarter)
-    sampled_in = lambda rs: [c for m in sampled_answers(rs) for c in m["candidates"]]  # noqa: E731
-    sampled, late = sampled_in(records), sampled_in(last_quarter)
+    answers, answers_late = sampled_answers(records), sampled_answers(records[len(records) * 3 // 4:])
+    sampled = [c for m in answers for c in m["candidates"]]
+    late = [c for m in answers_late for c in m["candidates"]]
     last = records[-1] if records else {}
     stalled = (last.get("iteration", 0) < iterations and last.get("evaluations", 0) < budget
                and last.get("best_score", 0.0) < 1)
@@ -617,22 +615,22 @@ def write_dynamics_table(results: dict, out: Path) -> str:
         moves, clips = [m for x in d for m in x["ratio_moves"]], [c for x in d for c in x["clip"]]
         kls = [x["kl"] for x in d if x["kl"] is not None]
         mean = lambda xs, f="{:.4f}": f.format(sum(xs) / len(xs)) if xs else "-"  # noqa: E731
-        sampled, late = sum(x["sampled"] for x in d), sum(x["sampled_late"] for x in d)
-        late_new = f"{sum(x['new_late'] for x in d) / late:.3f}" if late else "-"
-        answers_late = sum(x["answers_late"] for x in d)
-        late_valid = f"{sum(x['valid_late'] for x in d) / answers_late:.3f}" if answers_late else "-"
+
+        def share(part: str, whole: str) -> str:  # pooled over the runs
+            n = sum(x[whole] for x in d)
+            return f"{sum(x[part] for x in d) / n:.3f}" if n else "-"
         md.append(f"| {strategy} | {len(runs)} | {mean([x['iterations'] for x in d], '{:.1f}')} | "
                   f"{mean([r['evaluations'] for r in runs], '{:.0f}')} | "
                   f"{mean([x['updates'] for x in d], '{:.1f}')} / {mean([x['skipped'] for x in d], '{:.1f}')} | "
                   f"{mean(moves)} | {f'{max(moves):.4f}' if moves else '-'} | {mean(clips)} | "
                   f"{mean(kls, '{:.5f}')} ({len(kls)}) | "
-                  f"{sum(x['valid'] for x in d) / sum(x['answers'] for x in d):.3f} | {late_valid} | "
-                  f"{sum(x['new'] for x in d) / sampled:.3f} | {late_new} | {sum(x['stalled'] for x in d)} |"
-                  if sampled else f"| {strategy} | {len(runs)} |" + " - |" * 12)
+                  f"{share('valid', 'answers')} | {share('valid_late', 'answers_late')} | "
+                  f"{share('new', 'sampled')} | {share('new_late', 'sampled_late')} | {sum(x['stalled'] for x in d)} |"
+                  if any(x["sampled"] for x in d) else f"| {strategy} | {len(runs)} |" + " - |" * 12)
     md += ["", "Per update: the token ratio p_new / p_old averaged over the group's tokens at the last of its mu "
                "steps (1 before any step), and the fraction of tokens clipped there. Holding a candidate: the share "
-               "of sampled answers (greedy re-inserts left out) the task could parse into at least one candidate, over "
-               "the runs and over their last quarter of iterations. New: the share of candidates from those answers that no earlier iteration had scored, over "
+               "of sampled answers (greedy re-inserts left out) the task could parse into at least one candidate. "
+               "New: the share of candidates from those answers that no earlier iteration had scored. Both over "
                "the runs and over their last quarter of iterations. KL: bench/drift.py's KL(trained || base) per "
                "token on the trained policy's own answers, over the runs it measured. Stalled: stopped by "
                "--patience, neither solved nor at the iteration cap or budget."]

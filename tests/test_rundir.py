@@ -133,7 +133,8 @@ def test_a_damaged_state_file_is_a_one_line_error(scripted, tmp_path, monkeypatc
     s, task, policy = interrupted_run(tmp_path, monkeypatch)
     path = tmp_path / "state.pt"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[:len(data) // 2], "random": random.Random(0).randbytes(len(data)), "empty": b""}[damage])
+    damaged = {"truncated": data[:len(data) // 2], "random": random.Random(0).randbytes(len(data)), "empty": b""}
+    path.write_bytes(damaged[damage])
     with pytest.raises(rundir.RunFolderError) as e:
         migrate.search(s, tmp_path, policy, task, quiet=True)
     message = str(e.value)

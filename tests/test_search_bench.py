@@ -328,8 +328,8 @@ def test_run_dynamics_and_its_table(tmp_path):
     d = search.run_dynamics(records, iterations=100, budget=1000)
     # 3 iterations (the warm start is none), updates at 1 and 3, one skipped; sampled candidates: 3 + 1 + 3 = 7,
     # 4 of them new; the last quarter (iteration 3 alone) sampled 3, 2 new; 4 sampled answers (greedy ones are
-    # none), the last of them without a candidate, 2 of them in the last quarter; it stopped at iteration 3 of 100 with 24 of 1000 evaluations,
-    # unsolved: stalled
+    # none), the last of them without a candidate, 2 of them in the last quarter; it stopped at iteration 3 of
+    # 100 with 24 of 1000 evaluations, unsolved: stalled
     assert d["ratio_moves"] == pytest.approx([0.01, 0.03]) and d["clip"] == [0.0, 0.1]
     assert {k: v for k, v in d.items() if k not in ("ratio_moves", "clip")} == dict(
         iterations=3, updates=2, skipped=1, answers=4, valid=3, answers_late=2, valid_late=1, new=4, sampled=7,
