@@ -1,10 +1,10 @@
-"""The search memory of one run: every scored candidate, the score cache, and the seed pools.
+"""The search memory of one run: every scored candidate, the score cache, and the parent pools.
 
 - History: each distinct candidate is scored once (a repeat costs no evaluation and is logged as a repeat);
-  keeps the best-first ranking that greedy members and NS seeds are drawn from; counts evaluations against the
+  keeps the best-first ranking that greedy members and NS parents are drawn from; counts evaluations against the
   budget, which is how strategies are compared fairly.
 - Islands: the island-model database of the MiGrATe-Evo variant, with the settings of the paper's released
-  EvolutionDatabase: sub-populations that evolve apart, an elite archive of the best overall, seeds drawn from
+  EvolutionDatabase: sub-populations that evolve apart, an elite archive of the best overall, parents drawn from
   one island per iteration (explore or exploit), and a ring migration of each island's best every 40 iterations.
 
 Both are saved with a run's state as plain data (dicts, lists, numbers, strings: history_data, islands_data),
@@ -20,7 +20,7 @@ class Entry:
     candidate: str
     score: float
     iteration: int  # 0 = warm start
-    origin: str  # "warm", "online", "greedy" or "neighbourhood"
+    origin: str  # "warm", "on-policy", "greedy" or "neighbourhood"
 
 
 @dataclass
@@ -68,11 +68,11 @@ class History:
 
 @dataclass
 class Islands:
-    """MiGrATe-Evo's seed database (the released code's settings as defaults).
+    """MiGrATe-Evo's parent database (the released code's settings as defaults).
 
-    One island is current at a time: it gives the iteration's seed, receives every candidate the iteration scored
+    One island is current at a time: it gives the iteration's parent, receives every candidate the iteration scored
     (score 0 and duplicates left out), then the turn passes to the next island (`next_island`, after every
-    update). A seed is drawn with probability explore_p from the island's top explore_topk that are not elites
+    update). A parent is drawn with probability explore_p from the island's top explore_topk that are not elites
     (explore), else from the elites that live on the island, or its top exploit_topk when it holds none
     (exploit). Elites: the archive_size best candidates seen. Every migrate_every iterations each island sends
     its best migration_rate (at least one) to both ring neighbours."""
@@ -109,8 +109,8 @@ class Islands:
     def next_island(self) -> None:
         self.current = (self.current + 1) % self.n_islands
 
-    def pick_seed(self, rng: random.Random) -> str | None:
-        """One seed from the current island, or None while it is empty."""
+    def pick_parent(self, rng: random.Random) -> str | None:
+        """One parent from the current island, or None while it is empty."""
         pool = self.islands[self.current]
         if not pool:
             return None

@@ -1,443 +1,255 @@
-"""MiGrATe: a language model searches for the best solution to one black-box problem and trains itself on its
-own attempts while it searches (Mixed-Policy GRPO for Adaptation at Test-Time, arXiv 2508.08641).
+"""python migrate.py: search for the best solution to one black-box problem with MiGrATe.
 
-One iteration (run_iteration below):
-  1. plan the group: alpha on-policy prompts, gamma neighbourhood prompts built from the iteration's seed (a
-     past solution), beta greedy members (that seed, re-inserted with its stored score);
-  2. sample every prompted member in one batched sampler call;
-  3. parse and score each completion with the task's black-box score (through the history's cache); with
-     packing (word search), pool the candidates and pack them into answers (pack_group);
-  4. train: advantages = reward - group mean, clipped GRPO loss, mu AdamW steps on the LoRA adapter.
-
-Simplifications we made on purpose, and why:
-  1. Every member is trained as an answer to the on-policy prompt, whichever prompt produced it (the paper's
-     choice: the policy should learn to produce good solutions without being shown one).
-  2. A completion may hold several candidates (a packed answer of two words); its reward is the best of them.
-  3. The budget counts distinct black-box evaluations; a repeat is free and logged as a repeat.
-  4. old_logp is the policy before the first of the mu steps, so the first step's ratio is exactly 1 and its
-     log-probs are reused as old_logp instead of running the model twice.
-  5. No reference model is kept: the KL term (off by default, as in the paper) uses the base model obtained by
-     switching the LoRA adapter off.
-  6. A group with no signal (every reward equal, or all 0) takes no optimiser step.
+Read it top to bottom: parse the flags, resolve the run's settings (loop.resolve_settings, from plain values),
+claim the run folder (rundir.py), load the model (checkpoint.py), then run one search per target (loop.search),
+with the targets split across torchrun's processes, and summarise. The algorithm is loop.py; nothing imports this
+file.
 """
+import argparse
+import dataclasses
+import datetime
 import json
-import random
+import os
+import pickle
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+import torch.distributed as dist
 
-import sampler
-from grpo import completion_logprobs, group_advantages, grpo_loss
-from history import History, Islands
-from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict
-from rundir import RunState, keep_log_lines, load_state, save_state, short, write_results
-from settings import DEFAULTS, Settings, UsageError, check_settings, settings_given
+from assets import AssetError
+from checkpoint import ModelLoadError, load_model
+from loop import STRATEGIES, Policy, resolve_settings, search
+from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
+from settings import KNOBS, UsageError
+from tasks import expand_targets, load_task_class
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"migrate.py: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags that choose what runs and where, then one flag per setting (settings.Settings' knobs)."""
+    p = OneLineParser(description="MiGrATe: test-time GRPO search for one black-box problem. "
+                                  "[brackets] give the default.")
+    a = p.add_argument
+    a("--task", help="wordsearch, molecule, arc, or a file/module of your own Task [wordsearch]")
+    a("--target", help="one target: a word, an objective such as rediscover:celecoxib, an ARC task id [task default]")
+    a("--targets", help="comma-separated targets or a named set (e.g. paper): one independent search each")
+    a("--strategy", choices=STRATEGIES, help="which method of the paper to run [migrate]")
+    a("--model", help="HF checkpoint folder, .gguf file, or ORG/NAME in the local Hugging Face cache "
+                      "[embedded SmolLM2-135M-Instruct]")
+    a("--out", help="run folder [runs/TASK-STRATEGY-seedN]")
+    a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings")
+    a("--device", help="cpu or cuda [cuda if available]")
+    a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
+    a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
+    a("--sandbox", choices=("auto", "strict", "process"), help="ARC: isolate programs by Linux namespaces "
+      "(auto: warn and fall back where unavailable; strict: refuse; process: no isolation) [auto]")
+    a("--quiet", action="store_true", help="no progress bar")
+    a("--full", action="store_true", help="the paper's iterations and completion length on CPU too [a CPU demo]")
+    for f in KNOBS:  # one flag per setting; None = not given, so a given flag can be told from a default
+        kind = f.type  # int, float, str or bool
+        extra = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
+        p.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                       help=f.metadata["help"], choices=f.metadata["choices"], **extra)
+    return p
+
+
+def given_settings(args) -> dict:
+    """The settings the user set on the command line, as plain values."""
+    given = {f.name: getattr(args, f.name) for f in KNOBS if getattr(args, f.name) is not None}
+    given.update({k: v for k in ("model", "device", "dtype") if (v := getattr(args, k)) is not None})
+    options = {k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k))}
+    if options:
+        given["task_options"] = options
+    return given
+
+
+def cpu_demo(s, given: dict, full: bool, d) -> str:
+    """On CPU, unless --full, --iterations or --budget was given: the task's demo settings (fewer iterations,
+    shorter answers, a smaller update micro-batch: the same update in less memory) so that a first run ends in
+    minutes on a laptop; a flag the user gave wins. Returns the note that says so, and how to get the paper's."""
+    if s.device != "cpu" or full or "iterations" in given or "budget" in given:
+        return ""
+    for name in ("iterations", "max_new_tokens", "micro_batch"):
+        if name not in given and f"demo_{name}" in d.extra:
+            setattr(s, name, d.extra[f"demo_{name}"])
+    if (s.iterations, s.max_new_tokens) == (d.iterations, d.max_new_tokens):
+        return ""
+    return (f"\nthis is the CPU demo; the paper's {d.iterations} iterations of {d.max_new_tokens} tokens: --full "
+            "(it will say how long)")
+
+
+def cpu_threads(s) -> tuple[int, str]:
+    """torch's CPU threads and why: the setting, else OMP_NUM_THREADS, else the cores this process may use shared
+    among torchrun's local processes. Never the machine's load: threads change the order of floating-point sums,
+    so a load-dependent count would make one command give another history on a busier machine."""
+    if s.threads:
+        return s.threads, "--threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS has none
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))), f"{cores} cores; --threads N to change"
+
+
+def explain_scores(out: Path, targets: list[str], task_cls) -> str:
+    """What the summary's numbers mean (each task says it), then the yes/no measures of a task's report, such
+    as ARC's pass@2 on the test output."""
+    lines = [task_cls.defaults.extra.get("score_meaning", f"best score: the task's score in [0, 1], "
+                                                          f"{task_cls.solved_score} = solved")]
+    for t in targets:
+        path = out / slug(t) / "best.json"
+        report = json.loads(path.read_text()).get("report", {}) if path.exists() else {}
+        flags = [f"{k} {v}" for k, v in report.items() if isinstance(v, bool)]
+        if flags:
+            lines.append(f"{short(t, 40)}: {', '.join(flags)}")
+    return "\n".join(lines)
+
 
 # ----------------------------------------------------------------------------------------------------------
-# The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
+# torchrun: each rank searches its share of the targets; the ranks share no tensors.
 
-class Policy:
-    """What the loop acts with. `generate` is the sampler (sampler.generate); a test may hand in a scripted one."""
-
-    def __init__(self, model, tokenizer, s: Settings, generate=None):
-        self.model, self.tok, self.s = model, tokenizer, s
-        self.generate = generate or sampler.generate
-        self.params, self.optimizer = [], None
-        if s.update:
-            torch.manual_seed(s.seed)  # LoRA A is random: make it the seed's
-            self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout)
-            self.initial_adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
-        self.end_of_turn = end_of_turn_id(tokenizer)
-
-    def reset(self):
-        """A fresh adapter and optimiser for a new target (a sweep loads the model once)."""
-        if self.s.update:
-            load_lora_state_dict(self.model, self.initial_adapter)
-            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr, weight_decay=self.s.weight_decay)
-
-    def prompt_ids(self, prompt) -> list[int]:
-        text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix)
-        return self.tok.encode(text)
+def rank_device(device: str) -> str:
+    """torchrun starts one process per GPU: each takes the GPU of its LOCAL_RANK, not every rank cuda:0."""
+    if device != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise UsageError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible")
+    torch.cuda.set_device(local)
+    return f"cuda:{local}"
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """The token that closes an assistant turn; greedy members end with it, as sampled answers do."""
-    marker = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}[tokenizer.chat_format]
-    ids = tokenizer.encode(marker)
-    if len(ids) != 1:
-        raise UsageError(f"the model's tokenizer has no single {marker} token; "
-                         f"is it a {tokenizer.chat_format} chat model?")
-    return ids[0]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The strategies of the paper: how each builds its group and whether it trains. The numbers (alpha, beta, gamma,
-# top-k, mu) are the task's (tasks.Preset), under the strategy's name or, for a strategy of your own, under
-# `numbers_of`: a new strategy is one entry here, plus at most a branch in plan_group.
-
-@dataclass(frozen=True)
-class Strategy:
-    neighbours: str = "seed"  # NS prompts show: "seed" (a random top-k one), "ranked" (OPRO) or "islands" (Evo)
-    trains: bool = True  # GRPO steps on the adapter; False: an inference-only baseline
-    numbers_of: str | None = None  # use the task's numbers of this strategy
-
-
-STRATEGIES = {
-    "random": Strategy(trains=False), "ns": Strategy(trains=False), "opro": Strategy("ranked", trains=False),
-    "grpo": Strategy(), "grpo-greedy": Strategy(), "migrate": Strategy(), "migrate-opro": Strategy("ranked"),
-    "migrate-evo": Strategy("islands"),
-}
-
-
-def resolve_settings(args, task_cls, saved: dict | None = None) -> Settings:
-    """A run's settings, each from the first of: the flags the user gave, the settings a resumed run saved, the
-    strategy (its rule, and its numbers in the task), the task's overrides, Settings' defaults."""
-    strategy = STRATEGIES[args.strategy]
-    d, numbers = task_cls.defaults, strategy.numbers_of or args.strategy
-    if numbers not in d.presets:
-        raise UsageError(f"task {task_cls.name} has no numbers for strategy {numbers}")
-    p = d.presets[numbers]
-    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, neighbours=strategy.neighbours,
-                  update=strategy.trains, **{k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
-    if saved:  # a setting newer than the run keeps its default
-        values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
-    elif args.budget is not None and args.iterations is None:
-        values["iterations"] = args.budget  # the budget decides; the iteration cap only guards a stuck search
-    values.update(settings_given(args), task=args.task, target="", strategy=args.strategy, model=args.model)
-    s = Settings(**values)
-    s.task_options = dict((saved or {}).get("task_options", {}))
-    s.task_options.update({k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k, None))})
-    check_settings(s)
-    return s
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One iteration.
-
-@dataclass
-class Member:
-    origin: str  # "online", "greedy", "neighbourhood", or "packed" (an answer packed from pooled candidates)
-    prompt_kind: str  # which prompt produced it: "online", "ns", "opro" or "greedy"
-    seed: str | None = None  # the past solution an NS prompt was built from
-    ask: int | None = None  # candidates its prompt asked for (packing); None: what task.parse keeps
-    text: str = ""  # the completion, response prefix included
-    tokens: list[int] = field(default_factory=list)  # completion ids, trained after the on-policy prompt
-    candidates: list[dict] = field(default_factory=list)  # {"candidate", "score", "status"}
-    reward: float = 0.0
-
-
-def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, object]]:
-    """The mixed group of MiGrATe: (member, prompt) pairs for alpha on-policy and gamma neighbourhood members,
-    then beta greedy members whose completion is the iteration's seed (prompt None: nothing to sample).
-
-    As in the paper's code, one seed serves the whole iteration: the NS prompts are built from it and it is the
-    greedy member. With packing (word search), alpha and gamma count candidates: one on-policy call asks for
-    alpha of them and one neighbourhood call for gamma."""
-    seed = choose_seed(s, history, islands, rng) if s.gamma or s.beta else None
-    if s.pack:
-        plan = [(Member("online", "online", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
-        if s.gamma:
-            kind, prompt = neighbourhood_prompt(s, task, history, seed, n=s.gamma)
-            plan.append((Member("neighbourhood", kind, seed, ask=s.gamma), prompt))
-    else:
-        online = task.prompt()
-        plan = [(Member("online", "online"), online) for _ in range(s.alpha)]
-        if s.gamma:
-            kind, prompt = neighbourhood_prompt(s, task, history, seed)
-            plan += [(Member("neighbourhood", kind, seed), prompt) for _ in range(s.gamma)]
-    if seed is not None:
-        plan += [(Member("greedy", "greedy", seed, text=task.render(seed)), None) for _ in range(s.beta)]
-    return plan
-
-
-def choose_seed(s: Settings, history, islands, rng) -> str | None:
-    """The iteration's seed: random among the top-k (MiGrATe, GRPO-Greedy), drawn from the current island (Evo),
-    or the best (OPRO, whose prompt lists the whole top-k). None while there is nothing to build on."""
-    top = history.top(s.topk)
-    if not top:
+def rank_store(world: int):
+    """The key-value store torchrun's agent hosts for its ranks, or None for one process. The ranks meet through
+    it alone (no process group: they exchange no tensors, and a gloo group can abort a rank at exit)."""
+    if world == 1:
         return None
-    if s.neighbours == "islands":
-        return islands.pick_seed(rng)
-    if s.neighbours == "ranked":
-        return top[0].candidate  # the released code inserted the k-th best here, a defect we do not copy
-    return rng.choice(top).candidate
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise UsageError(f"WORLD_SIZE is {world}: start several processes with torchrun")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(days=30))  # a rank may wait for the others' whole searches
+    return dist.PrefixStore(f"migrate-{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
-def neighbourhood_prompt(s: Settings, task, history, seed, n=None):
-    """(prompt kind, prompt) of the neighbourhood members: a variation of the seed, or (OPRO) a better answer than
-    the top-k listed worst to best. The on-policy prompt while there is no seed."""
-    if seed is None:
-        return "online", _ask(task.prompt, n=n)
-    if s.neighbours == "ranked":
-        ranked = [(e.candidate, e.score) for e in reversed(history.top(s.topk))]
-        return "opro", _ask(task.opro_prompt, ranked, n=n)
-    return "ns", _ask(task.neighbourhood_prompt, seed, n=n)
+def on_rank0(fn, store):
+    """fn() on rank 0 only; its result, or its UsageError, reaches every rank."""
+    result, error = None, None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            result = fn()
+        except (UsageError, RunFolderError) as e:
+            error = str(e)
+        if store:
+            store.set("rank0", pickle.dumps((result, error)))
+    elif store:
+        result, error = pickle.loads(store.get("rank0"))
+    if error:
+        raise UsageError(error)
+    return result
 
 
-def _ask(prompt_method, *args, n=None):
-    """Only packing asks a task for a number of candidates; tasks without packing keep their simple signature."""
-    return prompt_method(*args) if n is None else prompt_method(*args, n=n)
+def gather_failures(store, rank: int, world: int, failure: Exception | None) -> list[str]:
+    """Every rank's failure message ("" for none), once all ranks have finished their targets."""
+    store.set(f"failure{rank}", "" if failure is None else f"{type(failure).__name__}: {failure}")
+    return [store.get(f"failure{r}").decode() for r in range(world)]
 
 
-def sample_members(policy: Policy, task, plan, generator) -> None:
-    """Fill in text and tokens of every prompted member with one batched sampler call."""
-    s, tok = policy.s, policy.tok
-    prompted = [(m, p) for m, p in plan if p is not None]
-    if not prompted:
-        return
-    out = policy.generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
-                          temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
-                          decode=tok.decode, stop=task.stop, compile=s.compile_sampler, weights=s.sample_weights)
-    policy_prefix = task.prompt().prefix
-    for (m, p), ids, text in zip(prompted, out.tokens, out.text):
-        m.text = p.prefix + text  # the sampler decoded it without the EOS token
-        # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
-        # otherwise the text after that prefix is re-encoded (set in training_tokens).
-        m.tokens = list(ids) if p.prefix == policy_prefix else []
-
-
-def training_tokens(policy: Policy, task, m: Member) -> list[int]:
-    """Completion ids of a member as an answer to the on-policy prompt (its response prefix stripped)."""
-    if m.tokens:
-        return m.tokens
-    prefix = task.prompt().prefix
-    body = m.text[len(prefix):] if m.text.startswith(prefix) else m.text
-    return policy.tok.encode(body) + [policy.end_of_turn]
-
-
-def score_members(task, history, plan, iteration: int) -> None:
-    for m, _ in plan:
-        cands = task.parse(m.text)
-        if m.ask is not None:
-            cands = cands[:m.ask]
-        m.candidates = history.score(task, cands, iteration, m.origin)
-        m.reward = max((c["score"] for c in m.candidates), default=0.0)
-
-
-def pack_group(s: Settings, task, members: list[Member], rng) -> list[Member]:
-    """The paper's word-search group: the candidates the sampled members found, padded with random repeats to
-    alpha + gamma (as the released code pads a short answer), plus the beta greedy ones, cut or padded at random
-    to the group size, sorted best first and packed into answers of task.answer_size, each rewarded with its
-    best candidate. Returns the packed answers, trained as answers to the on-policy prompt."""
-    def found(greedy):
-        return [(c["candidate"], c["score"]) for m in members if (m.origin == "greedy") == greedy
-                for c in m.candidates if c["status"] != "over_budget"]
-    sampled, size, k = found(False), s.group_size, task.answer_size
-    if sampled:
-        sampled += [rng.choice(sampled) for _ in range(s.alpha + s.gamma - len(sampled))]
-    pool = sampled + found(True)
-    if not pool:
-        return []
-    pool = rng.sample(pool, size) if len(pool) > size else pool + rng.choices(pool, k=size - len(pool))
-    pool.sort(key=lambda p: -p[1])
-    packed = []
-    for i in range(0, size - size % k, k):
-        answer = pool[i:i + k]
-        rng.shuffle(answer)
-        packed.append(Member("packed", "online", text=task.render_answer([c for c, _ in answer]),
-                             candidates=[dict(candidate=c, score=v, status="repeat") for c, v in answer],
-                             reward=max(v for _, v in answer)))
-    return packed
-
-
-def learning_rate(s: Settings, iteration: int, step: int, evaluations: int = 0) -> float:
-    """The Hugging Face Trainer's default schedule, which the paper's runs used: linear from lr to 0 over the run,
-    no warm-up; or constant. The run is measured by its optimiser steps (iterations x mu) or by its budget of
-    evaluations, whichever is further spent: repeats are free here, so when the budget ends a run its iterations
-    are no clock (a word-search MiGrATe run finds about 4 new words an iteration, not the paper's 10)."""
-    if s.lr_schedule == "constant":
-        return s.lr
-    spent = max(((iteration - 1) * s.mu + step) / (s.iterations * s.mu), evaluations / s.budget)
-    return s.lr * max(0.0, 1.0 - spent)
-
-
-def grpo_update(policy: Policy, task, members: list[Member], iteration: int, evaluations: int = 0) -> dict:
-    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter (learning_rate's schedule, gradient norm
-    clipped at max_grad_norm); returns loss and clip statistics of the last step.
-
-    Memory: each step runs the group in micro-batches of s.micro_batch rows whose gradients add up to the
-    whole group's (grpo_loss's group_size), and s.grad_checkpoint recomputes each layer in backward."""
-    s, model = policy.s, policy.model
-    rewards = torch.tensor([m.reward for m in members])
-    advantages = group_advantages(rewards)
-    keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
-    if not keep.any() or advantages.abs().max() == 0:
-        return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
-    # Every member is trained as an answer to the on-policy prompt, so the group shares it: it runs once.
-    prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
-    completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
-    adv, keep, G = advantages.to(s.device), keep.to(s.device), len(members)
-    batches = micro_batches(G, s.micro_batch)
-
-    def logprobs(rows):
-        return completion_logprobs(model, prompt, completions[rows], compiled=s.compile_logprobs)
-
-    def loss_of(logp, old, rows, ref):
-        return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
-                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=G)
-    ref = None
-    if s.kl_coef > 0:
-        with torch.no_grad(), lora_disabled(model):
-            ref = torch.cat([logprobs(rows) for rows in batches])
-    model.train()
-    model.checkpointing = s.grad_checkpoint
-    old = None
-    for step in range(s.mu):
-        policy.optimizer.zero_grad(set_to_none=True)
-        parts = []
-        for rows in batches:
-            logp = logprobs(rows)
-            loss, _ = loss_of(logp, logp.detach() if old is None else old[rows], rows,
-                              None if ref is None else ref[rows])
-            loss.backward()  # gradients accumulate: each micro-batch adds its rows' share of the group's loss
-            parts.append(logp.detach())
-        logp = torch.cat(parts)
-        if old is None:
-            old = logp  # the policy before the first step (simplification 4)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, s.max_grad_norm or float("inf"))
-        lr = learning_rate(s, iteration, step, evaluations)
-        for group in policy.optimizer.param_groups:
-            group["lr"] = lr
-        policy.optimizer.step()
-    model.checkpointing = False
-    model.eval()
-    loss, stats = loss_of(logp, old, slice(None), ref)  # the last step's loss and statistics, for the log
-    return dict(loss=float(loss), lr=lr, grad_norm=float(grad_norm), **{k: float(v) for k, v in stats.items()})
-
-
-def micro_batches(rows: int, size: int) -> list[slice]:
-    """Row slices of at most `size` rows (0: all rows at once)."""
-    size = size if 0 < size < rows else rows
-    return [slice(i, i + size) for i in range(0, rows, size)]
-
-
-def pad_completions(completions: list[list[int]], device):
-    """(G, L) completion ids, right-padded with 0, and the (G, L) float mask of real tokens."""
-    L = max(len(c) for c in completions)
-    ids = torch.zeros(len(completions), L, dtype=torch.long)
-    mask = torch.zeros(len(completions), L)
-    for i, c in enumerate(completions):
-        ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[i, :len(c)] = 1.0
-    return ids.to(device), mask.to(device)
-
-
-def run_iteration(state, policy: Policy, task) -> dict:
-    """Sample, score, build the group, update: one MiGrATe iteration. Returns its log record."""
-    s, it = policy.s, state.iteration + 1
-    t0 = time.time()
-    plan = plan_group(s, task, state.history, state.islands, state.rng)
-    sample_members(policy, task, plan, state.generator)
-    t1 = time.time()
-    score_members(task, state.history, plan, it)
-    t2 = time.time()
-    members = [m for m, _ in plan]
-    group = pack_group(s, task, members, state.rng) if s.pack else members
-    update = grpo_update(policy, task, group, it, state.history.evaluations) if s.update and group else {}
-    if s.neighbours == "islands":
-        add_to_islands(state.islands, members, it)
-    t3 = time.time()
-    best = state.history.best()
-    record = dict(iteration=it, evaluations=state.history.evaluations,
-                  best_score=best.score if best else 0.0, best=best.candidate if best else None,
-                  mean_reward=sum(m.reward for m in group) / max(len(group), 1),
-                  members=[dict(origin=m.origin, prompt=m.prompt_kind, seed=m.seed, reward=m.reward,
-                                candidates=m.candidates, text=m.text) for m in members],
-                  **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
-    if s.pack:
-        record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
-    return record
-
-
-def add_to_islands(islands, members: list[Member], iteration: int) -> None:
-    """Evo, as the released code: what the iteration sampled joins the current island, the turn passes to the
-    next island, and every migrate_every iterations the islands' best migrate."""
-    for m in members:
-        if m.origin != "greedy":
-            for c in m.candidates:
-                if c["status"] != "over_budget":
-                    islands.add(c["candidate"], c["score"])
-    islands.next_island()
-    if iteration % islands.migrate_every == 0:
-        islands.migrate()
+def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quiet: bool) -> None:
+    """This process's share of the targets, one search each, with the model loaded once."""
+    try:
+        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
+    except ModelLoadError as e:
+        raise UsageError(str(e))
+    policy = Policy(model.eval(), tokenizer, s)
+    for t in mine:
+        search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=quiet)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# A run: the warm start, then iterations until the budget is spent (files and resume: rundir.py).
 
-def new_state(s: Settings, task) -> RunState:
-    rng = random.Random(s.seed)
-    state = RunState(History(s.budget), Islands(s.islands, migrate_every=s.migrate_every), rng,
-                     torch.Generator(device=s.device).manual_seed(s.seed))
-    warm = task.warm_start(rng)
-    for r in state.history.score(task, warm, 0, "warm"):
-        if s.neighbours == "islands" and r["status"] == "new":
-            state.islands.add(r["candidate"], r["score"])  # dealt round the islands, one each
-            state.islands.next_island()
-    return state
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, RunFolderError, AssetError) as e:
+        print(f"migrate.py: error: {e}", file=sys.stderr)
+        return 2
 
 
-def warm_start_record(state: RunState) -> dict:
-    """Iteration 0 of the log: the warm-start candidates, scored before the first group."""
-    entries, best = list(state.history.entries.values()), state.history.best()
-    return dict(iteration=0, evaluations=state.history.evaluations, best_score=best.score if best else 0.0,
-                best=best.candidate if best else None,
-                mean_reward=sum(e.score for e in entries) / len(entries) if entries else 0.0,
-                members=[dict(origin="warm", prompt=None, seed=None, reward=e.score, text=None,
-                              candidates=[dict(candidate=e.candidate, score=e.score, status="new")]) for e in entries])
+def resumed_run(args) -> tuple[dict, list[str]]:
+    """--resume: the saved run says what runs. Its task, strategy and targets cannot be changed by a flag."""
+    saved = read_config(Path(args.resume))
+    st = saved["settings"]
+    for flag, value in (("task", st["task"]), ("strategy", st["strategy"])):
+        if getattr(args, flag) not in (None, value):
+            raise UsageError(f"{args.resume} is a {flag} {value!r} run; --{flag} cannot change it on --resume")
+    if args.target or args.targets:
+        raise UsageError(f"{args.resume} searches its own targets; --target/--targets cannot change them on --resume")
+    args.task, args.strategy = st["task"], st["strategy"]
+    return st, saved["targets"]
 
 
-def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dict:
-    """Run (or continue) one search to its budget; returns the summary written to best.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "best.json").exists() and not (run_dir / "state.pt").exists():
-        # best.json is written when a search ends: this one finished, and only its light files were kept
-        return json.loads((run_dir / "best.json").read_text())
-    policy.reset()
-    log_path = run_dir / "history.jsonl"
-    if (run_dir / "state.pt").exists():
-        state = load_state(run_dir, s, policy)
-        keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
-    else:
-        state = new_state(s, task)
-        log_path.write_text(json.dumps(warm_start_record(state)) + "\n")
-        save_state(run_dir, state, policy)
-    bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
-               disable=quiet, dynamic_ncols=True)
-    first = state.iteration + 1
-    while not state.finished:
-        t0 = time.time()
-        record = run_iteration(state, policy, task)
-        if record["iteration"] == first and not quiet:  # a measured rate: later iterations cost about the same
-            bar.write(rate_note(s.target, record["iteration"], time.time() - t0, s.iterations - record["iteration"]),
-                      file=sys.stderr)
-        state.iteration = record["iteration"]
-        solved = record["best_score"] >= task.solved_score
-        stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
-        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop)
-                          or stalled)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_state(run_dir, state, policy)
-        bar.update(1)
-        bar.set_postfix_str(f"evals {record['evaluations']} best {record['best_score']:.3f} "
-                            f"{str(record['best'])[:24]!r} mean {record['mean_reward']:.3f}")
-    bar.close()
-    return write_results(run_dir, s, state, policy, task)
-
-
-def rate_note(target: str, iteration: int, seconds: float, left: int) -> str:
-    """How long the rest of a search should take at the rate of the iteration just timed."""
-    rest = seconds * left
-    when = f"{rest:.0f} s" if rest < 90 else f"{rest / 60:.0f} min" if rest < 5400 else f"{rest / 3600:.1f} h"
-    return (f"{short(target, 40)}: iteration {iteration} took {seconds:.0f} s; at that rate the {left} left take "
-            f"about {when} (less if it is solved or stalls first)")
+def run(args) -> int:
+    saved, targets = resumed_run(args) if args.resume else (None, None)
+    task_cls = load_task_class(args.task or "wordsearch")
+    given = dict(given_settings(args), task=args.task or "wordsearch")
+    s = resolve_settings(task_cls, args.strategy or "migrate", given, saved)
+    demo = cpu_demo(s, given, args.full or bool(args.resume), task_cls.defaults)
+    if targets is None:
+        if args.target and args.targets:
+            raise UsageError("give --target or --targets, not both")
+        if args.target is not None and not args.target.strip():
+            raise UsageError("--target is empty; leave it out for the task's default target")
+        targets = expand_targets(task_cls, args.targets) if args.targets else [args.target or task_cls.default_target]
+    tasks_by_target = {}
+    for t in targets:  # build every task first: a bad target fails before any work starts
+        try:
+            tasks_by_target[t] = task_cls(t, **s.task_options)
+        except ValueError as e:
+            raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
+    threads = ""
+    if s.device == "cpu":
+        s.threads, why = cpu_threads(s)
+        torch.set_num_threads(s.threads)
+        threads = f", {s.threads} thread{'s' * (s.threads > 1)} ({why})"
+    if not args.quiet:
+        print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
+              f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}, sampling with "
+              f"{s.sample_weights} decode weights{demo}", file=sys.stderr)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    store = rank_store(world)  # torchrun: ranks only share the run folder's check and wait for each other at the end
+    out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
+    out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), store)
+    s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
+    failure = None
+    try:
+        search_my_targets(s, targets[rank::world], out, tasks_by_target, args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  a rank that fails must still meet the others, which wait for it
+        if world == 1:
+            raise
+        failure = e
+    if store:
+        failures = gather_failures(store, rank, world, failure)
+        if failure is not None:
+            raise failure
+        failed = [(r, f) for r, f in enumerate(failures) if f]
+        if failed:
+            raise UsageError(f"rank {failed[0][0]} failed ({failed[0][1]}); its targets are unfinished: fix it, "
+                             f"then --resume {out}")
+    if rank == 0:
+        write_summary(out, targets)
+        if not args.quiet:
+            print((out / "summary.md").read_text() + explain_scores(out, targets, task_cls) + f"\nrun folder: {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    import cli  # the command line (it imports this module for the algorithm)
-    sys.exit(cli.main())
+    sys.exit(main())

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from model import LoRALinear
 
-KINDS = ("auto", "model", "packed", "int4")
+KINDS = ("model", "packed", "int4")
 GROUP = 32
 # Measured with 1 thread on the project's AVX2 CPU (no AVX-512), the block linears of SmolLM2-135M alone: int4
 # 1.8x float32 at 1 row, 1.3x at 10, about even at 16 (whole sampler at 16 rows: 0.95x, twice), so from 13 rows
@@ -153,12 +153,6 @@ def _build(model, kind: str) -> dict:
     return fast
 
 
-def auto_kind(model) -> str:
-    """int4 for a float32 model on CPU (the KL it adds is measured in bench/sampler.py), else the model's own."""
-    w = model.lm_head.weight
-    return "int4" if w.device.type == "cpu" and w.dtype == torch.float32 else "model"
-
-
 def _fingerprint(model) -> tuple:
     """Changes when any base weight is replaced or written in place (so cached fast weights are stale)."""
     return tuple((id(m.weight), m.weight._version) for _, _, _, m in _linears(model))
@@ -169,8 +163,6 @@ def sampling_weights(model, kind: str = "model"):
     """Inside the block the model's linears read `kind` weights (built once, then cached on the model)."""
     if kind not in KINDS:
         raise ValueError(f"sampling weights must be one of {KINDS}, got {kind!r}")
-    if kind == "auto":
-        kind = auto_kind(model)
     if kind == "model":
         yield model
         return

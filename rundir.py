@@ -4,7 +4,7 @@ A run folder holds config.json (prepare_out_dir: settings, targets and the code 
 process running it) and, per target: state.pt (everything needed to continue exactly, replaced atomically after
 every iteration and deleted once best.json is written), history.jsonl (one record per iteration), best.json,
 adapter.safetensors and plot.svg. A sweep folder adds summary.md and summary.csv. Nothing here knows the
-algorithm: migrate.py decides what goes into a record, this file only keeps it safe on disk and refuses, in one
+algorithm: loop.py decides what goes into a record, this file only keeps it safe on disk and refuses, in one
 line, what it cannot trust.
 """
 import csv

@@ -1,11 +1,10 @@
 """Every knob of a run, declared once.
 
-`Settings` is a dataclass whose fields carry their default and, for those a user may set, their command-line help
-(`knob`). Everything else is derived from it: the flags of `build_parser`, the copy of the flags the user gave
-into a run's settings, what `--resume` restores from config.json, and what a task may override (a task's
-`TaskDefaults` are keyword overrides of these fields, checked by name). Adding a setting is one field here.
+`Settings` is a dataclass whose fields carry their default and, for those a user may set, their help text
+(`knob`). Everything else is derived from it: migrate.py's flags, what `--resume` restores from config.json, and
+what a task may override (a task's `TaskDefaults` are keyword overrides of these fields, checked by name).
+Adding a setting is one field here. How a run's values are chosen is `loop.resolve_settings`.
 """
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ class UsageError(Exception):
 
 
 def knob(default, help: str, *, flag: str | None = None, choices=None, default_text: str | None = None):
-    """A setting the command line can set: `--name` (or `flag`), its help and the default shown in brackets."""
+    """A setting a user can set (migrate.py's `--name`, or `flag`): its help and the default shown in brackets."""
     shown = default_text if default_text is not None else ("task default" if default is None else default)
     return field(default=default, metadata=dict(help=f"{help} [{shown}]", flag=flag, choices=choices))
 
@@ -27,14 +26,14 @@ class Settings:
     target: str = ""
     strategy: str = "migrate"
     model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
-    seed: int = knob(0, "seed of sampling, warm start and LoRA init")
+    seed: int = knob(0, "random seed of sampling, warm start and LoRA init")
     # group composition (alpha on-policy, beta greedy, gamma neighbourhood members) and how NS seeds are chosen
     alpha: int = knob(10, "on-policy members per group", default_text="strategy preset")
     beta: int = knob(0, "greedy members per group (the iteration's seed)", default_text="strategy preset")
     gamma: int = knob(0, "neighbourhood members per group", default_text="strategy preset")
-    topk: int = knob(3, "NS seeds are drawn among the top-k past solutions; OPRO lists them",
+    topk: int = knob(3, "NS parents are drawn among the top-k past solutions; OPRO lists them",
                      default_text="strategy preset")
-    neighbours: str = "seed"  # what NS prompts show: "seed", "ranked" or "islands" (the strategy's rule, not a flag)
+    neighbours: str = "parent"  # what NS prompts show: "parent", "ranked" or "islands" (the strategy's rule)
     update: bool = True  # GRPO steps on the LoRA adapter (the strategy's rule: off for inference-only baselines)
     pack: bool = knob(False, "alpha and gamma count candidates, pooled and packed into answers as in the paper's "
                              "word search", default_text="task default")
@@ -66,14 +65,17 @@ class Settings:
     islands: int = knob(4, "MiGrATe-Evo: number of islands")
     migrate_every: int = knob(40, "MiGrATe-Evo: iterations between migrations")
     # engine
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    threads: int = knob(0, "CPU threads; 0: one per core this process may use, shared among torchrun's processes "
+                           "on the machine (never the load: one command on one machine gives one result)",
+                        default_text="cores")
     compile_sampler: bool = knob(False, "torch.compile the sampler's decode step (a CUDA graph on a GPU)",
                                  flag="--compile")
     compile_logprobs: bool = knob(False, "torch.compile the fused log-prob chunk")
     sample_weights: str = knob("auto", "base weights of the sampler's decode steps (quant.py): the model's own, "
-                                       "oneDNN-packed float32, or 4-bit (the GGUF's codes); auto: int4 on CPU in "
-                                       "float32, else model", choices=("auto", "model", "packed", "int4"))
+                                       "oneDNN-packed float32, or 4-bit (the GGUF's codes); auto: int4 for a float32 "
+                                       "model on CPU, else model", choices=("auto", "model", "packed", "int4"))
     task_options: dict = field(default_factory=dict)
 
     @property
@@ -81,27 +83,8 @@ class Settings:
         return self.alpha + self.beta + self.gamma
 
 
-KNOBS = tuple(f for f in dataclasses.fields(Settings) if "help" in f.metadata)
-SETTING_FLAGS = tuple(f.name for f in KNOBS)  # the settings a user may set (the rest say what runs, and where)
+KNOBS = tuple(f for f in dataclasses.fields(Settings) if "help" in f.metadata)  # the settings a user may set
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
-
-
-def flag_name(f) -> str:
-    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
-
-
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per knob; every default is None, so that a flag the user gave can be told from one left out."""
-    for f in KNOBS:
-        kind = f.type  # int, float, str or bool
-        extra = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
-        parser.add_argument(flag_name(f), dest=f.name, default=None, help=f.metadata["help"],
-                            choices=f.metadata["choices"], **extra)
-
-
-def settings_given(args) -> dict:
-    """The knobs the user set on the command line."""
-    return {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
 
 
 def check_settings(s: Settings) -> None:

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.search import SWEEP_CONFIGS  # noqa: E402
 from checkpoint import load_model, read_safetensors  # noqa: E402
-from cli import load_task_class  # noqa: E402
-from migrate import Policy  # noqa: E402
+from loop import Policy  # noqa: E402
+from tasks import load_task_class  # noqa: E402
 from model import load_lora_state_dict, lora_disabled  # noqa: E402
 from sampler import generate  # noqa: E402
 from settings import Settings  # noqa: E402

@@ -6,7 +6,7 @@ One iteration, as migrate.py runs it minus the task:
    --new-tokens tokens each (EOS switched off in both, so every row runs to the end);
 2. update: --mu AdamW steps (lr 5e-5) of the clipped GRPO loss (grpo.grpo_loss, eps 0.2/0.28) on a LoRA adapter
    (q_proj and v_proj, r=--lora-r, alpha=--lora-alpha) over those completions, with fixed random rewards;
-   old log-probs are the detached log-probs of step 0, as in migrate.grpo_update.
+   old log-probs are the detached log-probs of step 0, as in loop.grpo_update.
 Ours: sampler.generate (decode weights --sample-weights, default auto: int4 on CPU float32, see quant.py), then
 grpo.completion_logprobs (prompt run once for the group, fused chunked log-probs).
 HF: LlamaForCausalLM with our state dict (bench/sampler.py hf_copy) wrapped by peft's get_peft_model, sampling
@@ -122,7 +122,7 @@ def logprobs_hf(peft_model, prompt_t, completions):
 
 
 def update(model, logprobs, opt, completions, adv, args):
-    """mu AdamW steps of the clipped GRPO loss, as migrate.grpo_update (every member has reward > 0)."""
+    """mu AdamW steps of the clipped GRPO loss, as loop.grpo_update (every member has reward > 0)."""
     model.train()
     mask = torch.ones(completions.shape, device=completions.device)  # (G, L): no padding, lengths are equal
     for step in range(args.mu):

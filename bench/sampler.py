@@ -12,7 +12,7 @@ Accuracy of each kind against the float32 model (not timed): on the word-search 
 are sampled with that kind (EOS and stop strings on, as in the loop), then replayed teacher-forced through the
 same decode path; printed are the mean KL(sampler || float32 model) of the next-token distributions, and the
 mean and mean |r - 1| of r = p_float32(token) / p_sampler(token), the GRPO ratio the first update step would see
-if old_logp were the sampler's log-probs (migrate.grpo_update takes old_logp from the float32 training forward,
+if old_logp were the sampler's log-probs (loop.grpo_update takes old_logp from the float32 training forward,
 so r is the importance weight the update leaves out). Then bench/prompt_parse.py's on-policy parse rate
 (`usable`) with --parse-n completions sampled in groups of 10, as the loop does.
 Must run under an interpreter that has transformers (the reference venv):

@@ -48,9 +48,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cli import expand_targets, load_task_class  # noqa: E402
-from migrate import STRATEGIES  # noqa: E402
+from loop import STRATEGIES  # noqa: E402
 from rundir import code_version, read_config, slug  # noqa: E402
+from tasks import expand_targets, load_task_class  # noqa: E402
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 PROTOCOLS = {  # named experiments: defaults that explicit flags still override
@@ -726,8 +726,7 @@ def main():
         print(compare_settings(args, [Path(f) for f in args.compare.split(",")], out))
         return
     if not args.report_only:
-        print_estimate(args, out, expand_targets(Namespace(target=None, targets=args.targets),
-                                                 load_task_class(args.task)))
+        print_estimate(args, out, expand_targets(load_task_class(args.task), args.targets))
         if args.estimate_only:
             return
         for seed in args.seeds:

@@ -3,7 +3,7 @@
 The paper's largest setting: ARC with an 8B model trains G = 16 completions of up to 1,024 tokens after a
 ~2,000-token prompt. The group's completions attend to the shared prompt through an explicit mask, so SDPA takes
 its math path and keeps (G, heads, T, P + T) attention scores for every layer until backward. Each configuration
-runs one real migrate.grpo_update (LoRA r=128 on q/v, mu=1) on a random Llama-3.2-1B-shaped model in a fresh
+runs one real loop.grpo_update (LoRA r=128 on q/v, mu=1) on a random Llama-3.2-1B-shaped model in a fresh
 subprocess, and prints its peak memory above the memory held before the update (weights, inputs): peak RSS on CPU
 (ru_maxrss), torch.cuda.max_memory_allocated on CUDA; then the ratio against the whole-group update.
 
@@ -37,7 +37,7 @@ def rss() -> int:
 
 def worker(args, name) -> dict:
     import torch
-    import migrate
+    import loop
     from bench.sampler import LLAMA_1B
     from model import ModelConfig, Transformer, add_lora
     if args.threads:
@@ -50,12 +50,12 @@ def worker(args, name) -> dict:
         for p in model.parameters():
             p.normal_(0, 0.02)
     model = model.to(getattr(torch, args.dtype))
-    s = migrate.Settings(task="arc", target="x", strategy="grpo", alpha=args.group, mu=1, lr=1e-5, lora_r=128,
+    s = loop.Settings(task="arc", target="x", strategy="grpo", alpha=args.group, mu=1, lr=1e-5, lora_r=128,
                          lora_alpha=32, device=args.device, dtype=args.dtype, **CONFIGS[name])
     params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, args.vocab, (args.prompt,), generator=g).tolist()
-    members = [migrate.Member("online", "online", reward=float(r), tokens=torch.randint(
+    members = [loop.Member("on-policy", "on-policy", reward=float(r), tokens=torch.randint(
         0, args.vocab, (args.completion,), generator=g).tolist()) for r in torch.rand(args.group, generator=g)]
     policy = types.SimpleNamespace(model=model, s=s, params=params, prompt_ids=lambda p: prompt, end_of_turn=0,
                                    optimizer=torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0))
@@ -68,7 +68,7 @@ def worker(args, name) -> dict:
     else:
         start = rss()
     t0 = time.perf_counter()
-    migrate.grpo_update(policy, task, members, iteration=1)
+    loop.grpo_update(policy, task, members, iteration=1)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

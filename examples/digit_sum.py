@@ -4,17 +4,26 @@
 """
 import re
 
-from tasks import Prompt, Task, TaskDefaults, paper_presets, register
+from tasks import Preset, Prompt, Task, TaskDefaults, register
 
 PREFIX = "Number: "
+PRESETS = {  # strategy:  alpha beta gamma topk mu: on-policy, greedy and neighbourhood members, parents' top-k
+    "random":       Preset(8, 0, 0, 3, 1),
+    "ns":           Preset(0, 0, 8, 3, 1),
+    "opro":         Preset(0, 0, 8, 3, 1),
+    "grpo":         Preset(8, 0, 0, 3, 1),
+    "grpo-greedy":  Preset(7, 1, 0, 3, 1),
+    "migrate":      Preset(5, 1, 2, 3, 1),
+    "migrate-opro": Preset(5, 1, 2, 3, 1),
+    "migrate-evo":  Preset(5, 1, 2, 3, 1),
+}
 
 
 @register
 class DigitSum(Task):
     name = "digitsum"
     default_target = "40"
-    defaults = TaskDefaults(paper_presets(8, greedy=(7, 1, 0), migrate=(5, 1, 2)), topk=3, iterations=20,
-                            mu=1, lr=1e-4, lora_r=8, lora_alpha=16, max_new_tokens=12)
+    defaults = TaskDefaults(PRESETS, iterations=20, lr=1e-4, lora_r=8, lora_alpha=16, max_new_tokens=12)
 
     def __init__(self, target: str, **options):
         if not target.isdigit() or int(target) == 0:
@@ -24,8 +33,8 @@ class DigitSum(Task):
     def prompt(self):
         return Prompt([{"role": "user", "content": "Write a random 6-digit number such as 529301."}], PREFIX)
 
-    def neighbourhood_prompt(self, seed):
-        return Prompt([{"role": "user", "content": f"Change one digit of the number {seed}."}], PREFIX)
+    def neighbourhood_prompt(self, parent):
+        return Prompt([{"role": "user", "content": f"Change one digit of the number {parent}."}], PREFIX)
 
     def opro_prompt(self, ranked):
         shown = ", ".join(c for c, _ in ranked)

@@ -7,9 +7,14 @@ A candidate is a canonical string (lower-cased word, canonical SMILES, program s
 several candidates (the word-search prompt asks for two words); its reward is the best score among them, 0 if
 none parses. Scores are in [0, 1] and `solved_score` (1.0) means the problem is solved.
 """
+import difflib
+import importlib
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
-from settings import DEFAULTS
+from rundir import slug
+from settings import DEFAULTS, UsageError
 
 
 @dataclass
@@ -21,30 +26,15 @@ class Prompt:
 
 @dataclass
 class Preset:
-    """A task's numbers for one strategy: alpha on-policy, beta greedy and gamma neighbourhood members, and where
-    the strategy's released script sets them apart from the task's defaults, its top-k and mu. How the strategy
-    uses them (what NS prompts show, whether it trains) is the strategy's own rule: migrate.STRATEGIES."""
+    """A task's numbers for one strategy (a row of the task's table): alpha on-policy, beta greedy and gamma
+    neighbourhood members, the top-k past solutions that parents are drawn from (OPRO: how many its prompt lists)
+    and mu optimiser steps per group. How the strategy uses them (what NS prompts show, whether it trains) is the
+    strategy's own rule: loop.STRATEGIES."""
     alpha: int
     beta: int = 0
     gamma: int = 0
-    topk: int | None = None  # None: the task's topk (OPRO: how many past solutions the prompt lists)
-    mu: int | None = None  # None: the task's mu
-
-
-def paper_presets(group: int, greedy: tuple[int, int, int], migrate: tuple[int, int, int],
-                  baseline_ns: tuple[int, int, int] | None = None, opro_topk: int | None = None,
-                  migrate_opro_topk: int | None = None) -> dict[str, Preset]:
-    """The numbers of the paper's eight strategies from one task's group size and its GRPO-Greedy and MiGrATe
-    compositions (alpha, beta, gamma). Random samples the whole group on-policy; NS and OPRO sample
-    `baseline_ns` (default: the whole group from neighbourhood prompts); the two MiGrATe variants keep MiGrATe's
-    composition. OPRO lists `opro_topk` / `migrate_opro_topk` past solutions, and Evo takes one optimiser step
-    per group (mu = 1), as in the released scripts."""
-    ns = baseline_ns or (0, 0, group)
-    return {
-        "random": Preset(group), "ns": Preset(*ns), "opro": Preset(*ns, topk=opro_topk),
-        "grpo": Preset(group), "grpo-greedy": Preset(*greedy), "migrate": Preset(*migrate),
-        "migrate-opro": Preset(*migrate, topk=migrate_opro_topk), "migrate-evo": Preset(*migrate, mu=1),
-    }
+    topk: int | None = None  # None: Settings' topk
+    mu: int | None = None  # None: Settings' mu
 
 
 class TaskDefaults:
@@ -85,8 +75,8 @@ class Task:
         """The on-policy prompt; every group member is trained as an answer to it (with n = answer_size)."""
         raise NotImplementedError
 
-    def neighbourhood_prompt(self, seed: str, n: int | None = None) -> Prompt:
-        """Ask for a variation of one past candidate."""
+    def neighbourhood_prompt(self, parent: str, n: int | None = None) -> Prompt:
+        """Ask for a variation of one past candidate, the parent."""
         raise NotImplementedError
 
     def opro_prompt(self, ranked: list[tuple[str, float]], n: int | None = None) -> Prompt:
@@ -137,3 +127,52 @@ def task_class(name: str) -> type[Task]:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
     return TASKS[name]
+
+
+def load_task_class(name: str) -> type[Task]:
+    """A built-in task by name, or 'package.module' / 'path/to/file.py' defining a Task subclass (the last one)."""
+    if not (name.endswith(".py") or "." in name or ":" in name):
+        try:
+            return task_class(name)
+        except KeyError as e:
+            raise UsageError(e.args[0])
+    path = name.split(":")[0]
+    try:
+        if path.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+            if spec is None or not Path(path).is_file():
+                raise UsageError(f"task file {path} not found")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(path)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001  the user's own file: say which and why in one line
+        where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ""
+        raise UsageError(f"task {path} failed to load{where}: {type(e).__name__}: {e}") from None
+    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Task) and v is not Task]
+    if not found:
+        raise UsageError(f"{name} defines no tasks.Task subclass")
+    return found[-1]
+
+
+def expand_targets(task_cls: type[Task], spec: str) -> list[str]:
+    """--targets: a named set of the task (e.g. "paper") or comma-separated targets, each distinct and each with a
+    run folder of its own. A single name close to a named set is a likely typo: ask rather than search for it."""
+    if spec in task_cls.target_sets:
+        return list(task_cls.target_sets[spec])
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    if not names:
+        raise UsageError(f"--targets {spec!r} names no target")
+    close = difflib.get_close_matches(spec, task_cls.target_sets, n=1, cutoff=0.75)
+    if len(names) == 1 and close:
+        raise UsageError(f"--targets {spec!r}: did you mean the set {close[0]!r}? For one target of that name, "
+                         f"give --target {spec}")
+    folders = {}  # run folder name -> target
+    for t in names:
+        if slug(t) in folders:
+            same = "is given twice" if folders[slug(t)] == t else f"and {folders[slug(t)]!r} share a run folder"
+            raise UsageError(f"--targets: {t!r} {same}; give each target once")
+        folders[slug(t)] = t
+    return names

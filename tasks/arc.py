@@ -225,15 +225,27 @@ def parse_program(completion: str) -> str | None:
 
 # -- the task -----------------------------------------------------------------------------------------------
 
+# Each strategy's group, as the released code ran it (scripts/arc_full/*.sh; no Evo script: Evo keeps
+# MiGrATe's): alpha on-policy, beta greedy and gamma neighbourhood programs an iteration, the top-k that
+# parents are drawn from (OPRO: listed), mu steps per group.
+PRESETS = {  # strategy:    alpha beta gamma topk mu
+    "random":       tasks.Preset(16, 0,  0,  1, 1),
+    "ns":           tasks.Preset(12, 0,  4,  1, 1),
+    "opro":         tasks.Preset(12, 0,  4,  1, 1),
+    "grpo":         tasks.Preset(16, 0,  0,  1, 1),
+    "grpo-greedy":  tasks.Preset(15, 1,  0,  1, 1),
+    "migrate":      tasks.Preset(11, 1,  4,  1, 1),
+    "migrate-opro": tasks.Preset(11, 1,  4,  1, 1),
+    "migrate-evo":  tasks.Preset(11, 1,  4,  1, 1),
+}
+
+
 @tasks.register
 class ArcTask(tasks.Task):
     name = "arc"
     stop = ("\n```",)  # the close of the code block: nothing after it is read
     defaults = tasks.TaskDefaults(
-        # scripts/arc_full/*.sh: the NS and OPRO baselines sample 12 on-policy + 4 neighbourhood programs; every
-        # strategy shows one past program (greedy_topk 1)
-        presets=tasks.paper_presets(16, greedy=(15, 1, 0), migrate=(11, 1, 4), baseline_ns=(12, 0, 4)),
-        topk=1, mu=1, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64,
+        PRESETS, lr=1e-5, lora_r=128, lora_alpha=32, max_new_tokens=1024, iterations=64,
         # CPU demo (migrate.py --full for the above): a few iterations of short programs show the pipeline
         extra={"demo_iterations": 2, "demo_max_new_tokens": 256, "demo_micro_batch": 4,  # 4 GB, not 8
                "score_meaning": "best score: the best program's mean accuracy on the task's train pairs, 1.0 = all "
@@ -281,8 +293,8 @@ class ArcTask(tasks.Task):
     def prompt(self) -> tasks.Prompt:
         return self.chat("Write a Python function transform(grid) that turns every example input into its output.")
 
-    def neighbourhood_prompt(self, seed: str) -> tasks.Prompt:
-        return self.chat(f"Here is an earlier attempt at this puzzle:\n```python\n{seed}\n```\n"
+    def neighbourhood_prompt(self, parent: str) -> tasks.Prompt:
+        return self.chat(f"Here is an earlier attempt at this puzzle:\n```python\n{parent}\n```\n"
                          "Write a new version of transform(grid): fix its mistakes or try a variation of its idea.")
 
     def opro_prompt(self, ranked: list[tuple[str, float]]) -> tasks.Prompt:

@@ -342,15 +342,29 @@ def describe(target: str) -> str:
     }.get(target, "score highly on a hidden objective; drug-like molecules are a good start")
 
 
+# Each strategy's group, as the released code ran it (scripts/dockstring/*.sh; random, ns and opro from
+# dockstring_inference.py; no Evo script: Evo keeps MiGrATe's group and the Evo word search's mu 1): alpha
+# on-policy, beta greedy and gamma neighbourhood molecules an iteration, the top-k that parents are drawn
+# from (OPRO: listed), mu steps per group.
+PRESETS = {  # strategy:    alpha beta gamma topk mu
+    "random":       tasks.Preset( 5, 0,  0,  1, 2),
+    "ns":           tasks.Preset( 0, 0,  5,  1, 2),
+    "opro":         tasks.Preset( 0, 0,  5,  5, 2),
+    "grpo":         tasks.Preset( 5, 0,  0,  1, 2),
+    "grpo-greedy":  tasks.Preset( 4, 1,  0,  1, 2),
+    "migrate":      tasks.Preset( 2, 1,  2,  1, 2),
+    "migrate-opro": tasks.Preset( 2, 1,  2,  5, 2),
+    "migrate-evo":  tasks.Preset( 2, 1,  2,  1, 1),
+}
+
+
 @tasks.register
 class MoleculeTask(tasks.Task):
     """Propose molecules (SMILES) that maximise a chemistry oracle."""
     name = "molecule"
     stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
-        # scripts/dockstring/*.sh; the OPRO lists (5) from dockstring_inference.py's opro_5k and the MiGrATe-OPRO script
-        presets=tasks.paper_presets(5, greedy=(4, 1, 0), migrate=(2, 1, 2), opro_topk=5, migrate_opro_topk=5),
-        topk=1, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
+        PRESETS, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=256, iterations=40,
         # CPU demo (migrate.py --full for the above): a SMILES answer rarely needs more than 96 tokens
         extra={"demo_iterations": 10, "demo_max_new_tokens": 96,
                "score_meaning": "best score: the target's objective in [0, 1] (rediscover:DRUG: Tanimoto similarity "

@@ -8,7 +8,7 @@ What counts as a word (our choice; the paper only lower-cases and strips): ASCII
 single hyphens ("t-shirt"), at most 40 characters. Anything else (several words, digits, accents, punctuation)
 is not a candidate, so it scores 0. A non-exact guess is capped just below 1.0, so only the target itself solves.
 
-The group, as in the paper's code (defaults.pack; migrate.pack_group): alpha and gamma count words, asked for in
+The group, as in the paper's code (defaults.pack; loop.pack_group): alpha and gamma count words, asked for in
 one on-policy call and one neighbourhood call; the iteration's words are pooled, sorted by score and packed into
 answers of 2 words (answer_size), each rewarded with its better word and trained under the on-policy prompt that
 asks for 2 words. `--no-pack` gives instead one 2-word answer per member, rewarded with its better word.
@@ -112,14 +112,28 @@ def vocabulary_words(vocab_path, min_len: int = 3) -> list[str]:
     return sorted(words)
 
 
+# Each strategy's group, as the released code ran it (scripts/semantle/*.sh; random, ns and opro from
+# semantle_inference.py): alpha on-policy, beta greedy and gamma neighbourhood words an iteration (pooled and
+# packed into answers of two), the top-k that parents are drawn from (OPRO: listed), mu steps per group.
+PRESETS = {  # strategy:    alpha beta gamma topk mu
+    "random":       tasks.Preset(10, 0,  0,  3, 2),
+    "ns":           tasks.Preset( 0, 0, 10,  3, 2),
+    "opro":         tasks.Preset( 0, 0, 10, 10, 2),
+    "grpo":         tasks.Preset(10, 0,  0,  3, 2),
+    "grpo-greedy":  tasks.Preset( 9, 1,  0,  3, 2),
+    "migrate":      tasks.Preset( 0, 0, 10,  3, 2),
+    "migrate-opro": tasks.Preset( 0, 0, 10,  5, 2),
+    "migrate-evo":  tasks.Preset( 0, 0, 10,  3, 1),
+}
+
+
 @tasks.register
 class WordSearch(tasks.Task):
     """Guess a hidden English word from the similarity scores of past guesses."""
     name = "wordsearch"
     stop = ('"]',)  # the close of the JSON list: nothing after it is read
     defaults = tasks.TaskDefaults(
-        presets=tasks.paper_presets(10, greedy=(9, 1, 0), migrate=(0, 0, 10), opro_topk=10, migrate_opro_topk=5),
-        topk=3, mu=2, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=64, iterations=100, pack=True,
+        PRESETS, lr=5e-5, lora_r=64, lora_alpha=16, max_new_tokens=64, iterations=100, pack=True,
         # the paper's budget is 100 iterations; a CPU demo with the 135M model fits in a few minutes at about 10
         extra={"demo_iterations": 10,
                "score_meaning": "best score: cosine similarity of the best guess to the hidden word (all-MiniLM-L6-v2"
@@ -179,9 +193,9 @@ class WordSearch(tasks.Task):
                              {"role": "user", "content": f"Wrong. Guess {n} other common nouns."}],
                             RESPONSE_PREFIX)
 
-    def neighbourhood_prompt(self, seed: str, n: int | None = None) -> tasks.Prompt:
+    def neighbourhood_prompt(self, parent: str, n: int | None = None) -> tasks.Prompt:
         n = n or WORDS_PER_ANSWER
-        user = (f'Here is a word: "{seed}". Write {n} new words that are related to it or '
+        user = (f'Here is a word: "{parent}". Write {n} new words that are related to it or '
                 f"variations of it. {self._format(n)}")
         return tasks.Prompt([self._system(), {"role": "user", "content": user}], RESPONSE_PREFIX)
 

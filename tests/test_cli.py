@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -192,39 +193,41 @@ def test_several_ranks_without_torchrun_get_a_one_line_error(model_dir, tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
+def test_cpu_threads_follow_the_machine_never_its_load(monkeypatch):
+    """One command on one machine gives one history: the thread count (which changes the order of float sums)
+    comes from the cores this process may use, never from what else is running."""
     import torch
 
-    import cli
     import migrate
-    chosen = []
-    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))  # one core and most of another are busy
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert "3 threads" in cli.set_cpu_threads(None) and chosen == [3]
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share what is free
-    cli.set_cpu_threads(None)
-    assert chosen[-1] == 1
-    cli.set_cpu_threads(5)  # the flag wins
-    assert chosen[-1] == 5
-    with pytest.raises(migrate.UsageError, match="--threads must be positive"):
-        cli.set_cpu_threads(0)
+    s = types.SimpleNamespace(threads=0)
+    counts = set()
+    for load in ((0.0, 0.0, 0.0), (1.7, 1.0, 0.5), (9.0, 9.0, 9.0)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: load)
+        counts.add(migrate.cpu_threads(s)[0])
+    assert counts == {4}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share the cores
+    assert migrate.cpu_threads(s)[0] == 2
+    assert migrate.cpu_threads(types.SimpleNamespace(threads=5)) == (5, "--threads")  # the setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert migrate.cpu_threads(s) == (3, "OMP_NUM_THREADS")
 
 
 def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
-    import cli
-    from migrate import resolve_settings
+    import migrate
+    from loop import resolve_settings
     from tasks import task_class
     cls = task_class("molecule")
     d = cls.defaults
 
     def resolve(*flags):
-        args = cli.build_parser().parse_args(["--task", "molecule", *flags])
-        s = resolve_settings(args, cls)
-        s.device = "cpu"
-        return s, cli.cpu_demo(s, args, d)
+        args = migrate.build_parser().parse_args(["--task", "molecule", *flags])
+        given = dict(migrate.given_settings(args), device="cpu")
+        s = resolve_settings(cls, "migrate", given)
+        return s, migrate.cpu_demo(s, given, args.full, d)
     s, note = resolve()
     assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], d.extra["demo_max_new_tokens"])
     assert "--full" in note and s.iterations < d.iterations and s.max_new_tokens < d.max_new_tokens
@@ -235,11 +238,49 @@ def test_the_cpu_demo_is_one_flag_away_from_the_papers_settings():
     s, _ = resolve("--max-new-tokens", "50")  # a demo still, with the length the user gave
     assert (s.iterations, s.max_new_tokens) == (d.extra["demo_iterations"], 50)
     arc = task_class("arc")
-    args = cli.build_parser().parse_args(["--task", "arc"])
-    s = resolve_settings(args, arc)
-    s.device = "cpu"
-    cli.cpu_demo(s, args, arc.defaults)
+    s = resolve_settings(arc, "migrate", {"device": "cpu"})
+    migrate.cpu_demo(s, {}, False, arc.defaults)
     assert s.micro_batch == arc.defaults.extra["demo_micro_batch"] > 0  # less memory, the same update
+
+
+def test_every_knob_is_a_flag_whose_default_is_none():
+    import migrate
+    import settings
+    args = migrate.build_parser().parse_args([])
+    for f in settings.KNOBS:
+        assert getattr(args, f.name) is None, f.name  # so a flag left out can be told from one given
+    assert "micro_batch" in {f.name for f in settings.KNOBS} and "neighbours" not in {f.name for f in settings.KNOBS}
+    assert migrate.build_parser().parse_args(["--no-early-stop", "--compile"]).early_stop is False
+    assert migrate.given_settings(migrate.build_parser().parse_args(["--lr", "0.5", "--sandbox", "strict"])) == \
+        {"lr": 0.5, "task_options": {"sandbox": "strict"}}
+
+
+def test_the_end_of_a_run_says_what_the_numbers_mean(tmp_path):
+    import migrate
+    from tasks import task_class
+    for name, words in (("wordsearch", "cosine"), ("molecule", "objective"), ("arc", "train pairs")):
+        assert words in task_class(name).defaults.extra["score_meaning"], name
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / "best.json").write_text(json.dumps(dict(report={"pass@2": True, "votes": [[3]]})))
+    text = migrate.explain_scores(tmp_path, ["t1", "t2"], task_class("arc"))  # t2 has not finished
+    assert text.splitlines()[1:] == ["t1: pass@2 True"]
+
+
+def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
+    import torch
+
+    import migrate
+    picked = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert migrate.rank_device("cuda") == "cuda:1" and picked == [1]
+    assert migrate.rank_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(migrate.UsageError, match="LOCAL_RANK 2"):
+        migrate.rank_device("cuda")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert migrate.rank_device("cuda") == "cuda"
 
 
 FAILING_TASK = '''

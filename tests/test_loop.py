@@ -1,17 +1,16 @@
 """Group composition, budget and history of the MiGrATe loop, made exact with a scripted sampler and a fake task.
 
-The sampler is replaced by a script that answers each prompt with a fixed completion, so every count, seed and
+The sampler is replaced by a script that answers each prompt with a fixed completion, so every count, parent and
 score below is known in advance; no model runs here."""
 import random
 import types
 
 import pytest
 
-import cli
-import migrate
+import loop
 import rundir
 from history import History, Islands
-from tasks import Preset, Prompt, Task, TaskDefaults
+from tasks import Preset, Prompt, Task, TaskDefaults, load_task_class
 
 SCORES = {"apple": 0.9, "pear": 0.5, "fig": 0.2, "plum": 0.7, "kiwi": 1.0}
 
@@ -28,8 +27,8 @@ class FruitTask(Task):
     def prompt(self):
         return Prompt([{"role": "user", "content": "policy"}], prefix="[")
 
-    def neighbourhood_prompt(self, seed):
-        return Prompt([{"role": "user", "content": f"ns:{seed}"}], prefix="[")
+    def neighbourhood_prompt(self, parent):
+        return Prompt([{"role": "user", "content": f"ns:{parent}"}], prefix="[")
 
     def opro_prompt(self, ranked):
         return Prompt([{"role": "user", "content": "opro:" + ",".join(f"{c}={s}" for c, s in ranked)}], prefix="[")
@@ -69,7 +68,7 @@ SAMPLER = [None]  # the scripted sampler of the running test: setup() hands it t
 
 @pytest.fixture
 def scripted():
-    """A scripted sampler for the policy: a policy prompt answers 'plum, kiwi]', an NS prompt the seed's mirror."""
+    """A scripted sampler for the policy: a policy prompt answers 'plum, kiwi]', an NS prompt its parent's mirror."""
     calls = []
 
     def generate(model, prompts, max_new_tokens, **kw):
@@ -87,18 +86,16 @@ def scripted():
 
 def setup(strategy, budget=1000):
     task = FruitTask("x")
-    args = cli.build_parser().parse_args(["--strategy", strategy, "--budget", str(budget)])
-    args.task = "fruit"
-    s = migrate.resolve_settings(args, FruitTask)
+    s = loop.resolve_settings(FruitTask, strategy, {"budget": budget, "device": "cpu"})
     s.update = False  # no model here: the update is tested in test_train.py
-    policy = migrate.Policy(None, CharTokenizer(), s, generate=SAMPLER[0])
-    state = migrate.new_state(s, task)
+    policy = loop.Policy(None, CharTokenizer(), s, generate=SAMPLER[0])
+    state = loop.new_state(s, task)
     return s, task, policy, state
 
 
 def test_warm_start_is_scored_before_iteration_one():
     s, task, policy, state = setup("random")
-    rec = migrate.warm_start_record(state)
+    rec = loop.warm_start_record(state)
     assert (rec["iteration"], rec["evaluations"], rec["best"], rec["best_score"]) == (0, 3, "apple", 0.9)
     assert [m["candidates"][0]["candidate"] for m in rec["members"]] == ["fig", "pear", "apple"]
     assert state.history.evaluations == 3
@@ -108,8 +105,8 @@ def test_warm_start_is_scored_before_iteration_one():
 
 def test_random_is_on_policy_only(scripted):
     s, task, policy, state = setup("random")
-    rec = migrate.run_iteration(state, policy, task)
-    assert [m["origin"] for m in rec["members"]] == ["online"] * 4
+    rec = loop.run_iteration(state, policy, task)
+    assert [m["origin"] for m in rec["members"]] == ["on-policy"] * 4
     assert scripted[0] == ["policy>["] * 4  # one sampler call, four copies of the on-policy prompt
     assert [m["reward"] for m in rec["members"]] == [1.0] * 4  # best of plum (0.7) and kiwi (1.0)
     assert rec["evaluations"] == 5  # 3 warm + plum + kiwi; the other three members are repeats
@@ -121,70 +118,70 @@ def test_greedy_member_is_a_topk_past_solution(scripted):
     """GRPO-Greedy re-inserts one of the top-k past solutions at random (the released code's greedy_topk: 3 for
     words, 1 = the best for molecules and ARC), with its stored score and no new evaluation."""
     s, task, policy, state = setup("grpo-greedy")
-    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     greedy = [m for m, p in plan if m.origin == "greedy"]
     assert len(plan) == 4 and len(greedy) == 1 and greedy[0].text in ("[apple]", "[pear]")
     picked = set()
     for seed in range(12):
         s2, task2, _, state2 = setup("grpo-greedy")
         state2.rng.seed(seed)
-        plan2 = migrate.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
+        plan2 = loop.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
         picked.add(plan2[-1][0].text)
     assert picked == {"[apple]", "[pear]"}  # top-2 of apple .9, pear .5, fig .2: both drawn, fig never
     state.rng.seed(1)
-    rec = migrate.run_iteration(state, policy, task)
+    rec = loop.run_iteration(state, policy, task)
     g = [m for m in rec["members"] if m["origin"] == "greedy"][0]
-    stored = {"apple": 0.9, "pear": 0.5}[g["seed"]]
+    stored = {"apple": 0.9, "pear": 0.5}[g["parent"]]
     assert g["reward"] == stored and g["candidates"][0]["status"] == "repeat"  # stored score, no new evaluation
     assert len(scripted[0]) == 3  # greedy members are not sampled
 
 
-def test_ns_seeds_come_from_the_topk(scripted):
+def test_ns_parents_come_from_the_topk(scripted):
     s, task, policy, state = setup("ns")
-    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     assert [m.origin for m, _ in plan] == ["neighbourhood"] * 4
     for m, p in plan:
-        assert m.seed in ("apple", "pear")  # top-2 of apple .9, pear .5, fig .2
-        assert p.messages[0]["content"] == f"ns:{m.seed}"
-    # the seed choice follows the run's rng: same seed, same choices
+        assert m.parent in ("apple", "pear")  # top-2 of apple .9, pear .5, fig .2
+        assert p.messages[0]["content"] == f"ns:{m.parent}"
+    # the parent choice follows the run's rng: same random seed, same choices
     s2, task2, _, state2 = setup("ns")
-    plan2 = migrate.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
-    assert [m.seed for m, _ in plan] == [m.seed for m, _ in plan2]
+    plan2 = loop.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
+    assert [m.parent for m, _ in plan] == [m.parent for m, _ in plan2]
 
 
 def test_opro_lists_topk_worst_to_best_and_migrate_opro_inserts_the_best(scripted):
     s, task, policy, state = setup("migrate-opro")
-    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
-    assert kinds == [("online", "online")] * 2 + [("neighbourhood", "opro")] * 2 + [("greedy", "greedy")]
+    assert kinds == [("on-policy", "on-policy")] * 2 + [("neighbourhood", "opro")] * 2 + [("greedy", "greedy")]
     assert plan[2][1].messages[0]["content"] == "opro:pear=0.5,apple=0.9"
     assert plan[4][0].text == "[apple]"  # the best, not the k-th best (a defect of the released code)
 
 
 def test_migrate_group_counts(scripted):
     s, task, policy, state = setup("migrate")
-    rec = migrate.run_iteration(state, policy, task)
+    rec = loop.run_iteration(state, policy, task)
     origins = [m["origin"] for m in rec["members"]]
-    assert origins == ["online"] * 2 + ["neighbourhood"] * 2 + ["greedy"]
+    assert origins == ["on-policy"] * 2 + ["neighbourhood"] * 2 + ["greedy"]
     ns = [m for m in rec["members"] if m["origin"] == "neighbourhood"]
-    assert all(m["candidates"][0]["candidate"] == m["seed"] for m in ns)  # the script mirrors the seed
+    assert all(m["candidates"][0]["candidate"] == m["parent"] for m in ns)  # the script mirrors the parent
 
 
 def test_evo_follows_the_released_island_database(scripted):
-    """Warm-start words are dealt round the 4 islands; each iteration draws its one seed from the current island
+    """Warm-start words are dealt round the 4 islands; each iteration draws its one parent from the current island
     (on-policy prompts while that island is empty), its finds join that island, and the turn passes on."""
     s, task, policy, state = setup("migrate-evo")
     isl = state.islands
     assert [set(p) for p in isl.islands] == [{"fig"}, {"pear"}, {"apple"}, set()] and isl.current == 3
     assert s.migrate_every == 40  # the released database's migration interval
-    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
-    assert kinds == [("online", "online")] * 2 + [("neighbourhood", "online")] * 2
-    migrate.run_iteration(state, policy, task)  # island 3 empty: no seed, no greedy member
+    assert kinds == [("on-policy", "on-policy")] * 2 + [("neighbourhood", "on-policy")] * 2
+    loop.run_iteration(state, policy, task)  # island 3 empty: no parent, no greedy member
     assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
-    plan = migrate.plan_group(s, task, state.history, state.islands, state.rng)
-    seeds = {m.seed for m, _ in plan if m.origin in ("neighbourhood", "greedy")}
-    assert seeds == {"fig"}  # island 0 holds only fig: one seed for the NS members and the greedy member
+    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    parents = {m.parent for m, _ in plan if m.origin in ("neighbourhood", "greedy")}
+    assert parents == {"fig"}  # island 0 holds only fig: one parent for the NS members and the greedy member
 
 
 def test_island_database_archive_explore_exploit_and_ring_migration():
@@ -197,10 +194,10 @@ def test_island_database_archive_explore_exploit_and_ring_migration():
     assert set(isl.islands[0]) == {"a", "b"} and isl.archive == {"b": 0.9, "d": 0.5}  # a, then c pushed out
     # exploit (p 0.8): an elite living on the island; explore (p 0.2): the island's best non-elite
     rng = random.Random(0)
-    draws = [isl.pick_seed(rng) for _ in range(400)]
+    draws = [isl.pick_parent(rng) for _ in range(400)]
     assert set(draws) == {"a", "b"} and 0.12 < draws.count("a") / 400 < 0.28
     isl.next_island()
-    assert isl.pick_seed(rng) == "c"  # island 1 holds no elite: its top exploit_topk
+    assert isl.pick_parent(rng) == "c"  # island 1 holds no elite: its top exploit_topk
     isl.migrate()  # each island's best (5 % of it, at least one) goes to both ring neighbours
     assert set(isl.islands[0]) == {"a", "b", "c", "d"}
     assert set(isl.islands[1]) == {"b", "c", "d"} and set(isl.islands[2]) == {"b", "c", "d"}
@@ -208,7 +205,7 @@ def test_island_database_archive_explore_exploit_and_ring_migration():
 
 def test_budget_is_never_exceeded(scripted):
     s, task, policy, state = setup("random", budget=4)
-    rec = migrate.run_iteration(state, policy, task)
+    rec = loop.run_iteration(state, policy, task)
     assert state.history.evaluations == 4 and state.history.exhausted
     first = rec["members"][0]["candidates"]
     assert [c["status"] for c in first] == ["new", "over_budget"]
@@ -218,8 +215,8 @@ def test_budget_is_never_exceeded(scripted):
 def test_history_cache_scores_each_candidate_once():
     h = History(budget=10)
     t = FruitTask("x")
-    h.score(t, ["pear", "pear", "apple"], 1, "online")
-    recs = h.score(t, ["apple", "plum"], 2, "online")
+    h.score(t, ["pear", "pear", "apple"], 1, "on-policy")
+    recs = h.score(t, ["apple", "plum"], 2, "on-policy")
     assert t.scored == ["pear", "apple", "plum"] and h.evaluations == 3
     assert [r["status"] for r in recs] == ["repeat", "new"]
     assert h.entries["apple"].iteration == 1  # the first find is kept
@@ -227,14 +224,14 @@ def test_history_cache_scores_each_candidate_once():
 
 def test_training_tokens_keep_sampled_ids_or_reencode():
     s, task, policy, state = setup("migrate")
-    online = migrate.Member("online", "online", text="[plum]", tokens=[1, 2, 3])
-    greedy = migrate.Member("greedy", "greedy", text="[apple]")
-    assert migrate.training_tokens(policy, task, online) == [1, 2, 3]
-    assert migrate.training_tokens(policy, task, greedy) == [ord(c) for c in "apple]"] + [0]
+    online = loop.Member("on-policy", "on-policy", text="[plum]", tokens=[1, 2, 3])
+    greedy = loop.Member("greedy", "greedy", text="[apple]")
+    assert loop.training_tokens(policy, task, online) == [1, 2, 3]
+    assert loop.training_tokens(policy, task, greedy) == [ord(c) for c in "apple]"] + [0]
 
 
 def test_pad_completions_marks_only_real_tokens():
-    ids, mask = migrate.pad_completions([[1, 2], [3]], "cpu")
+    ids, mask = loop.pad_completions([[1, 2], [3]], "cpu")
     assert ids.tolist() == [[1, 2], [3, 0]]
     assert mask.tolist() == [[1, 1], [1, 0]]
 
@@ -243,21 +240,20 @@ def test_every_strategy_has_a_preset_in_every_builtin_task():
     from tasks import task_class
     for name in ("wordsearch", "molecule", "arc"):
         presets = task_class(name).defaults.presets
-        assert set(presets) == set(migrate.STRATEGIES), name
-        assert not any(migrate.STRATEGIES[k].trains for k in ("random", "ns", "opro"))
-        assert all(migrate.STRATEGIES[k].trains for k in ("grpo", "grpo-greedy", "migrate", "migrate-opro",
+        assert set(presets) == set(loop.STRATEGIES), name
+        assert not any(loop.STRATEGIES[k].trains for k in ("random", "ns", "opro"))
+        assert all(loop.STRATEGIES[k].trains for k in ("grpo", "grpo-greedy", "migrate", "migrate-opro",
                                                           "migrate-evo"))
         assert presets["grpo-greedy"].beta >= 1
 
 
 def test_bad_settings_are_one_line_errors():
-    for flags, words in ((["--budget", "-5"], "--budget must be positive"),
-                         (["--alpha", "0", "--beta", "0", "--gamma", "0"], "group is empty")):
-        args = cli.build_parser().parse_args(flags)
-        with pytest.raises(migrate.UsageError, match=words):
-            migrate.resolve_settings(args, FruitTask)
-    with pytest.raises(migrate.UsageError, match="unknown task"):
-        cli.load_task_class("nosuchtask")
+    for given, words in (({"budget": -5}, "--budget must be positive"),
+                         ({"alpha": 0, "beta": 0, "gamma": 0}, "group is empty")):
+        with pytest.raises(loop.UsageError, match=words):
+            loop.resolve_settings(FruitTask, "migrate", given)
+    with pytest.raises(loop.UsageError, match="unknown task"):
+        load_task_class("nosuchtask")
 
 
 def test_plot_is_an_svg_with_both_lines():
@@ -271,13 +267,13 @@ def test_plot_is_an_svg_with_both_lines():
 def test_a_search_that_finds_nothing_new_stops_after_patience(scripted, tmp_path):
     s, task, policy, _ = setup("random")
     s.iterations, s.patience, s.early_stop = 50, 3, False
-    summary = migrate.search(s, tmp_path, policy, task, quiet=True)
+    summary = loop.search(s, tmp_path, policy, task, quiet=True)
     # iteration 1 scores plum and kiwi; every later answer repeats them, so iterations 2-4 find nothing new
     assert summary["iterations"] == 4 and summary["evaluations"] == 5
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 5  # warm start + 4 iterations
     # patience as long as the cap (bench/search.py's protocols, as the released code): every iteration runs
     s.iterations = s.patience = 8
-    assert migrate.search(s, tmp_path / "capped", policy, task, quiet=True)["iterations"] == 8
+    assert loop.search(s, tmp_path / "capped", policy, task, quiet=True)["iterations"] == 8
 
 
 class PairTask(FruitTask):
@@ -287,8 +283,8 @@ class PairTask(FruitTask):
     def prompt(self, n=None):
         return super().prompt()
 
-    def neighbourhood_prompt(self, seed, n=None):
-        return super().neighbourhood_prompt(seed)
+    def neighbourhood_prompt(self, parent, n=None):
+        return super().neighbourhood_prompt(parent)
 
     def render_answer(self, cands):
         return "[" + ", ".join(cands) + "]"
@@ -301,10 +297,10 @@ def scored(*pairs, status="new"):
 def test_packing_sorts_the_pool_and_rewards_each_answer_with_its_best():
     """alpha 2 + gamma 2 candidates found, no greedy member, group 4: nothing to pad or cut, so the answers are
     fixed: sorted (apple .9, plum .7, pear .5, fig .2) -> {apple, plum} rewarded .9 and {pear, fig} .5."""
-    s = migrate.Settings(task="pair", target="x", strategy="migrate", alpha=2, gamma=2, pack=True)
-    members = [migrate.Member("online", "online", ask=2, candidates=scored(("pear", 0.5), ("apple", 0.9))),
-               migrate.Member("neighbourhood", "ns", "pear", ask=2, candidates=scored(("fig", 0.2), ("plum", 0.7)))]
-    packed = migrate.pack_group(s, PairTask("x"), members, random.Random(0))
+    s = loop.Settings(task="pair", target="x", strategy="migrate", alpha=2, gamma=2, pack=True)
+    members = [loop.Member("on-policy", "on-policy", ask=2, candidates=scored(("pear", 0.5), ("apple", 0.9))),
+               loop.Member("neighbourhood", "ns", "pear", ask=2, candidates=scored(("fig", 0.2), ("plum", 0.7)))]
+    packed = loop.pack_group(s, PairTask("x"), members, random.Random(0))
     assert [m.reward for m in packed] == [0.9, 0.5]
     assert [sorted(c["candidate"] for c in m.candidates) for m in packed] == [["apple", "plum"], ["fig", "pear"]]
     assert all(m.origin == "packed" and m.text in ("[apple, plum]", "[plum, apple]", "[fig, pear]", "[pear, fig]")
@@ -315,12 +311,12 @@ def test_packing_pads_a_short_answer_and_keeps_the_greedy_member():
     """9 words asked on-policy, 3 found (one over budget, left out): padded with random repeats of the 3 to 9, the
     greedy member added (group 10), packed into 5 answers; their rewards are non-increasing, the best found word
     sits in the first answer and the greedy word is always in the pool."""
-    s = migrate.Settings(task="pair", target="x", strategy="grpo-greedy", alpha=9, beta=1, pack=True)
+    s = loop.Settings(task="pair", target="x", strategy="grpo-greedy", alpha=9, beta=1, pack=True)
     for seed in range(5):
-        members = [migrate.Member("online", "online", ask=9, candidates=scored(
+        members = [loop.Member("on-policy", "on-policy", ask=9, candidates=scored(
                        ("plum", 0.7), ("fig", 0.2), ("pear", 0.5)) + scored(("kiwi", 0.0), status="over_budget")),
-                   migrate.Member("greedy", "greedy", "apple", candidates=scored(("apple", 0.9), status="repeat"))]
-        packed = migrate.pack_group(s, PairTask("x"), members, random.Random(seed))
+                   loop.Member("greedy", "greedy", "apple", candidates=scored(("apple", 0.9), status="repeat"))]
+        packed = loop.pack_group(s, PairTask("x"), members, random.Random(seed))
         words = [c["candidate"] for m in packed for c in m.candidates]
         assert len(packed) == 5 and len(words) == 10 and words.count("apple") == 1 and "kiwi" not in words
         assert [m.reward for m in packed] == sorted((m.reward for m in packed), reverse=True)
@@ -331,22 +327,22 @@ def test_packed_iteration_asks_one_call_per_prompt_for_alpha_and_gamma_words(scr
     s, task, policy, state = setup("migrate")
     task = PairTask("x")
     s.pack, s.alpha, s.beta, s.gamma = True, 3, 0, 3
-    rec = migrate.run_iteration(state, policy, task)
+    rec = loop.run_iteration(state, policy, task)
     assert len(scripted[0]) == 2  # one on-policy call and one neighbourhood call
-    assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("online", "online"), ("neighbourhood", "ns")]
+    assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("on-policy", "on-policy"), ("neighbourhood", "ns")]
     assert len(rec["packed"]) == 3 and rec["mean_reward"] == sum(p["reward"] for p in rec["packed"]) / 3
 
 
 def test_learning_rate_decays_linearly_to_zero_over_the_planned_steps():
-    s = migrate.Settings(task="t", target="x", strategy="grpo", lr=1e-4, mu=2, iterations=10, budget=10**6)
-    assert migrate.learning_rate(s, 1, 0) == 1e-4  # no warm-up: the first step takes the full rate
-    assert migrate.learning_rate(s, 1, 1) == pytest.approx(1e-4 * 19 / 20)
-    assert migrate.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
-    assert migrate.learning_rate(s, 11, 0) == 0.0  # past the plan
+    s = loop.Settings(task="t", target="x", strategy="grpo", lr=1e-4, mu=2, iterations=10, budget=10**6)
+    assert loop.learning_rate(s, 1, 0) == 1e-4  # no warm-up: the first step takes the full rate
+    assert loop.learning_rate(s, 1, 1) == pytest.approx(1e-4 * 19 / 20)
+    assert loop.learning_rate(s, 10, 1) == pytest.approx(1e-4 / 20)
+    assert loop.learning_rate(s, 11, 0) == 0.0  # past the plan
     # A budget that ends the run first is its clock: 1,000 evaluations (the iteration cap only guards a stuck
     # search); 250 spent after 60 iterations -> a quarter of the way, whatever the iteration count says.
     s.iterations, s.budget = 1000, 1000
-    assert migrate.learning_rate(s, 61, 0, evaluations=250) == pytest.approx(1e-4 * 0.75)
-    assert migrate.learning_rate(s, 200, 0, evaluations=1000) == 0.0
+    assert loop.learning_rate(s, 61, 0, evaluations=250) == pytest.approx(1e-4 * 0.75)
+    assert loop.learning_rate(s, 200, 0, evaluations=1000) == 0.0
     s.lr_schedule = "constant"
-    assert migrate.learning_rate(s, 10, 1, evaluations=999) == 1e-4
+    assert loop.learning_rate(s, 10, 1, evaluations=999) == 1e-4

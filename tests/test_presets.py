@@ -1,74 +1,131 @@
-"""Every strategy x task preset pinned to the flags of the paper's released scripts (dhdhagar/migrate at 5b56298).
+"""Every task's strategy table (PRESETS in tasks/*.py) against the flags of the paper's released scripts
+(dhdhagar/migrate at 5b56298, scripts/*/*.sh, copied here verbatim for the flags that set a run's numbers).
 
-Columns: alpha, beta, gamma (alpha and gamma count words in word search, whose groups are packed), top-k (NS
-seeds are drawn among it; OPRO lists it; the released flag is --greedy_topk), mu (--num_iterations, default 1),
-lr (--learning_rate), LoRA r / alpha, new tokens (--online_max_completion_length), completions trained per
-iteration (--batch_size / --num_generations) and candidates per completion (word search: 2 per packed answer;
-molecules: --num_guesses 1). Rows with no script name have no released script: inference-only baselines come
-from semantle_inference.py / dockstring_inference.py, and molecules and ARC have no Evo script (we keep the Evo
-script's mu = 1).
+The released train.py reads: --migrate_alpha/--migrate_beta/--migrate_gamma (the group; word search counts words,
+pooled and packed into --batch_size answers of --num_guesses / 5 words), --greedy_topk (parents' top-k; OPRO
+lists it), --num_iterations (mu, default 1), --learning_rate, --lora_rank, --lora_alpha,
+--online_max_completion_length and --min_training_size (iterations). The inference-only baselines have no script
+(semantle_inference.py and dockstring_inference.py, by their strategy names), so their rows are written out below
+with where they come from; molecules and ARC have no Evo script either, and Evo keeps MiGrATe's group there with the
+Evo word search's mu of 1.
 """
+import shlex
+
 import pytest
 
-import cli
-import migrate
+import loop
+from history import Islands
 from tasks import task_class
 
-#          task         strategy        a  b  g topk mu  lr     r   la  tokens G  cand  released script
-PAPER = [("wordsearch", "random",      10, 0, 0, 3, 2, 5e-5, 64, 16, 64, 5, 2, "semantle_inference.py random_sample"),
-         ("wordsearch", "ns",           0, 0, 10, 3, 2, 5e-5, 64, 16, 64, 5, 2, "semantle_inference.py random_top3_ns"),
-         ("wordsearch", "opro",         0, 0, 10, 10, 2, 5e-5, 64, 16, 64, 5, 2, "semantle_inference.py opro_10k"),
-         ("wordsearch", "grpo",        10, 0, 0, 3, 2, 5e-5, 64, 16, 64, 5, 2, "scripts/semantle/1_grpo.sh"),
-         ("wordsearch", "grpo-greedy",  9, 1, 0, 3, 2, 5e-5, 64, 16, 64, 5, 2, "scripts/semantle/2_grpo_greedy.sh"),
-         ("wordsearch", "migrate",      0, 0, 10, 3, 2, 5e-5, 64, 16, 64, 5, 2, "scripts/semantle/3_migrate.sh"),
-         ("wordsearch", "migrate-opro", 0, 0, 10, 5, 2, 5e-5, 64, 16, 64, 5, 2, "scripts/semantle/4_migrate_opro.sh"),
-         ("wordsearch", "migrate-evo",  0, 0, 10, 3, 1, 5e-5, 64, 16, 64, 5, 2, "scripts/semantle/6_migrate_evo.sh"),
-         ("molecule", "random",         5, 0, 0, 1, 2, 5e-5, 64, 16, 256, 5, 1, "dockstring_inference.py random_sample"),
-         ("molecule", "ns",             0, 0, 5, 1, 2, 5e-5, 64, 16, 256, 5, 1, "dockstring_inference.py ns_1k"),
-         ("molecule", "opro",           0, 0, 5, 5, 2, 5e-5, 64, 16, 256, 5, 1, "dockstring_inference.py opro_5k"),
-         ("molecule", "grpo",           5, 0, 0, 1, 2, 5e-5, 64, 16, 256, 5, 1, "scripts/dockstring/1_grpo.sh"),
-         ("molecule", "grpo-greedy",    4, 1, 0, 1, 2, 5e-5, 64, 16, 256, 5, 1, "scripts/dockstring/2_grpo_greedy.sh"),
-         ("molecule", "migrate",        2, 1, 2, 1, 2, 5e-5, 64, 16, 256, 5, 1, "scripts/dockstring/3_migrate.sh"),
-         ("molecule", "migrate-opro",   2, 1, 2, 5, 2, 5e-5, 64, 16, 256, 5, 1, "scripts/dockstring/4_migrate_opro.sh"),
-         ("molecule", "migrate-evo",    2, 1, 2, 1, 1, 5e-5, 64, 16, 256, 5, 1, ""),
-         ("arc", "random",             16, 0, 0, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/0_random.sh"),
-         ("arc", "ns",                 12, 0, 4, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/1_ns.sh"),
-         ("arc", "opro",               12, 0, 4, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/2_opro.sh"),
-         ("arc", "grpo",               16, 0, 0, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/3_grpo.sh"),
-         ("arc", "grpo-greedy",        15, 1, 0, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/4_grpo_greedy.sh"),
-         ("arc", "migrate",            11, 1, 4, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/5_migrate.sh"),
-         ("arc", "migrate-opro",       11, 1, 4, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "scripts/arc_full/6_migrate_opro.sh"),
-         ("arc", "migrate-evo",        11, 1, 4, 1, 1, 1e-5, 128, 32, 1024, 16, 1, "")]
+COMMON = {
+    "wordsearch": "--min_training_size 100 --num_guesses 10 --batch_size 5 --num_generations 5 "
+                  "--online_max_completion_length 64 --learning_rate 5e-5 --lora_alpha 16 --lora_rank 64",
+    "molecule": "--min_training_size 40 --num_guesses 1 --batch_size 5 --num_generations 5 "
+                "--online_max_completion_length 256 --learning_rate 5e-5 --lora_alpha 16 --lora_rank 64",
+    "arc": "--min_training_size 64 --batch_size 16 --num_generations 16 --online_max_completion_length 1024 "
+           "--learning_rate 1e-5 --lora_alpha 32 --lora_rank 128",
+}
+SCRIPTS = {  # (task, strategy): the script's own flags (COMMON[task] is added)
+    ("wordsearch", "grpo"): "semantle/1_grpo.sh: --num_iterations 2 --migrate_gamma 0 --migrate_alpha 10 "
+                            "--migrate_beta 0",
+    ("wordsearch", "grpo-greedy"): "semantle/2_grpo_greedy.sh: --num_iterations 2 --greedy_topk 3 --migrate_gamma 0 "
+                                   "--migrate_alpha 9 --migrate_beta 1",
+    ("wordsearch", "migrate"): "semantle/3_migrate.sh: --num_iterations 2 --greedy_topk 3 --migrate_gamma 10 "
+                               "--migrate_alpha 0 --migrate_beta 0",
+    ("wordsearch", "migrate-opro"): "semantle/4_migrate_opro.sh: --num_iterations 2 --greedy_topk 5 "
+                                    "--migrate_gamma 10 --migrate_alpha 0 --migrate_beta 0",
+    ("wordsearch", "migrate-evo"): "semantle/6_migrate_evo.sh: --greedy_topk 3 --migrate_gamma 10 --migrate_alpha 0 "
+                                   "--migrate_beta 0",
+    ("molecule", "grpo"): "dockstring/1_grpo.sh: --num_iterations 2 --greedy_topk 1 --migrate_gamma 0 "
+                          "--migrate_alpha 5 --migrate_beta 0",
+    ("molecule", "grpo-greedy"): "dockstring/2_grpo_greedy.sh: --num_iterations 2 --greedy_topk 1 --migrate_gamma 0 "
+                                 "--migrate_alpha 4 --migrate_beta 1",
+    ("molecule", "migrate"): "dockstring/3_migrate.sh: --num_iterations 2 --greedy_topk 1 --migrate_gamma 2 "
+                             "--migrate_alpha 2 --migrate_beta 1",
+    ("molecule", "migrate-opro"): "dockstring/4_migrate_opro.sh: --num_iterations 2 --greedy_topk 5 --migrate_gamma 2 "
+                                  "--migrate_alpha 2 --migrate_beta 1",
+    ("arc", "random"): "arc_full/0_random.sh: --greedy_topk 1 --migrate_gamma 0 --migrate_alpha 16 --migrate_beta 0",
+    ("arc", "ns"): "arc_full/1_ns.sh: --greedy_topk 1 --migrate_gamma 4 --migrate_alpha 12 --migrate_beta 0",
+    ("arc", "opro"): "arc_full/2_opro.sh: --greedy_topk 1 --migrate_gamma 4 --migrate_alpha 12 --migrate_beta 0",
+    ("arc", "grpo"): "arc_full/3_grpo.sh: --num_iterations 1 --greedy_topk 1 --migrate_gamma 0 --migrate_alpha 16 "
+                     "--migrate_beta 0",
+    ("arc", "grpo-greedy"): "arc_full/4_grpo_greedy.sh: --num_iterations 1 --greedy_topk 1 --migrate_gamma 0 "
+                            "--migrate_alpha 15 --migrate_beta 1",
+    ("arc", "migrate"): "arc_full/5_migrate.sh: --num_iterations 1 --greedy_topk 1 --migrate_gamma 4 "
+                        "--migrate_alpha 11 --migrate_beta 1",
+    ("arc", "migrate-opro"): "arc_full/6_migrate_opro.sh: --num_iterations 1 --greedy_topk 1 --migrate_gamma 4 "
+                             "--migrate_alpha 11 --migrate_beta 1",
+}
+#   (task, strategy): (alpha, beta, gamma, topk, mu) and where the numbers come from, for rows with no script
+NO_SCRIPT = {
+    ("wordsearch", "random"): ((10, 0, 0, 3, 2), "semantle_inference.py random_sample: 10 words from the prompt"),
+    ("wordsearch", "ns"): ((0, 0, 10, 3, 2), "semantle_inference.py random_top3_ns: 10 words from one top-3 word"),
+    ("wordsearch", "opro"): ((0, 0, 10, 10, 2), "semantle_inference.py opro_10k: the top-10 words listed"),
+    ("molecule", "random"): ((5, 0, 0, 1, 2), "dockstring_inference.py random_sample"),
+    ("molecule", "ns"): ((0, 0, 5, 1, 2), "dockstring_inference.py ns_1k"),
+    ("molecule", "opro"): ((0, 0, 5, 5, 2), "dockstring_inference.py opro_5k"),
+    ("molecule", "migrate-evo"): ((2, 1, 2, 1, 1), "MiGrATe's group, the Evo word search's mu"),
+    ("arc", "migrate-evo"): ((11, 1, 4, 1, 1), "MiGrATe's group and mu"),
+}
+TRAINS = {"grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"}
 
-ITERATIONS = {"wordsearch": 100, "molecule": 40, "arc": 64}  # --min/max_training_size
+
+def script_flags(task: str, strategy: str) -> dict[str, str]:
+    words = shlex.split(COMMON[task] + " " + SCRIPTS[task, strategy].split(": ", 1)[1])
+    return dict(zip(words[::2], words[1::2]))
 
 
-@pytest.mark.parametrize("row", PAPER, ids=[f"{r[0]}-{r[1]}" for r in PAPER])
-def test_preset_matches_the_released_script(row):
-    task, strategy, a, b, g, topk, mu, lr, r, la, tokens, group, cands, _script = row
-    cls = task_class(task)
-    args = cli.build_parser().parse_args(["--strategy", strategy])
-    s = migrate.resolve_settings(args, cls)
-    assert (s.alpha, s.beta, s.gamma, s.topk, s.mu) == (a, b, g, topk, mu)
-    assert (s.lr, s.lora_r, s.lora_alpha, s.max_new_tokens, s.iterations) == (lr, r, la, tokens, ITERATIONS[task])
-    assert s.update == (strategy not in ("random", "ns", "opro"))
-    # the Hugging Face Trainer defaults that train.py left in place
-    assert (s.weight_decay, s.max_grad_norm, s.lr_schedule) == (0.0, 1.0, "linear")
-    answer = cls.answer_size if task != "molecule" else cls().n
-    if s.pack:  # words pooled and packed into answers of answer_size
-        assert (s.alpha + s.beta + s.gamma) // answer == group and answer == cands
-    else:
-        assert s.alpha + s.beta + s.gamma == group and answer == cands
+def numbers(task: str, strategy: str) -> tuple:
+    """(alpha, beta, gamma, topk, mu) the code's table gives a strategy, as the run resolves them."""
+    s = loop.resolve_settings(task_class(task), strategy)
+    return s.alpha, s.beta, s.gamma, s.topk, s.mu
 
 
-def test_every_strategy_is_pinned_for_every_task():
-    assert {(r[0], r[1]) for r in PAPER} == {(t, st) for t in ITERATIONS for st in migrate.STRATEGIES}
+@pytest.mark.parametrize("task,strategy", sorted(SCRIPTS), ids=lambda v: str(v))
+def test_the_table_matches_the_released_script(task, strategy):
+    f = script_flags(task, strategy)
+    alpha, beta, gamma, topk, mu = numbers(task, strategy)
+    assert (alpha, beta, gamma) == (int(f["--migrate_alpha"]), int(f["--migrate_beta"]), int(f["--migrate_gamma"]))
+    assert mu == int(f.get("--num_iterations", 1))
+    if "--greedy_topk" in f:  # only strategies that read a parent use it
+        assert topk == int(f["--greedy_topk"])
+    s = loop.resolve_settings(task_class(task), strategy)
+    assert (s.lr, s.lora_r, s.lora_alpha) == (float(f["--learning_rate"]), int(f["--lora_rank"]),
+                                             int(f["--lora_alpha"]))
+    assert (s.max_new_tokens, s.iterations) == (int(f["--online_max_completion_length"]),
+                                                int(f["--min_training_size"]))
+    # the group trained is --batch_size completions. Word search: --num_guesses words an iteration, pooled and packed
+    # into those answers (2 words each); molecules: --num_guesses molecules per completion; ARC: one program.
+    answer = task_class(task).answer_size
+    if task == "wordsearch":
+        assert s.pack and answer == int(f["--num_guesses"]) // int(f["--batch_size"])
+    elif task == "molecule":
+        assert answer == int(f["--num_guesses"])
+    assert s.group_size // answer == int(f["--batch_size"])
+
+
+@pytest.mark.parametrize("task,strategy", sorted(NO_SCRIPT), ids=lambda v: str(v))
+def test_the_table_matches_the_baselines_without_a_script(task, strategy):
+    assert numbers(task, strategy) == NO_SCRIPT[task, strategy][0]
+
+
+@pytest.mark.parametrize("task", sorted(COMMON))
+def test_every_strategy_has_a_row_and_a_source(task):
+    assert set(task_class(task).defaults.presets) == set(loop.STRATEGIES)
+    assert {st for t, st in SCRIPTS | NO_SCRIPT if t == task} == set(loop.STRATEGIES)
+
+
+@pytest.mark.parametrize("task", sorted(COMMON))
+def test_the_strategies_that_train_are_the_scripts_that_train(task):
+    for strategy in loop.STRATEGIES:
+        assert loop.resolve_settings(task_class(task), strategy).update == (strategy in TRAINS)
+        # the Hugging Face Trainer defaults that train.py left in place
+        s = loop.resolve_settings(task_class(task), strategy)
+        assert (s.weight_decay, s.max_grad_norm, s.lr_schedule) == (0.0, 1.0, "linear")
 
 
 def test_evo_database_has_the_released_settings():
-    from history import Islands
-    s = migrate.resolve_settings(cli.build_parser().parse_args(["--strategy", "migrate-evo"]),
-                                 task_class("wordsearch"))
+    s = loop.resolve_settings(task_class("wordsearch"), "migrate-evo")
     isl = Islands(s.islands, migrate_every=s.migrate_every)
     # utils/evolution_database.py defaults in arguments.py: --evo_num_islands 4, --evo_migration_interval 40,
     # --evo_migration_rate 0.05, --evo_archive_size 5, exploration 0.2 / exploitation 0.8, both top-3

@@ -158,12 +158,6 @@ def test_swap_restores_the_model_and_rebuilds_after_a_weight_change():
             pass
 
 
-def test_auto_is_int4_for_float32_on_cpu_only():
-    model = tiny_model(6)
-    assert quant.auto_kind(model) == "int4"
-    assert quant.auto_kind(model.to(torch.bfloat16)) == "model"
-
-
 def test_head_and_unfit_shapes_keep_the_model_weights():
     # the kernel needs N % 16 == 0 and K % 32 == 0; those linears and the output head are not swapped
     model = tiny_model(7)

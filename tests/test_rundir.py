@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
-import migrate
+import loop
 import rundir
 from history import Entry, History, Islands
 from tests.test_loop import scripted, setup  # noqa: F401  (scripted is a fixture)
@@ -29,7 +28,7 @@ def interrupted_run(run_dir, monkeypatch, after=2, iterations=4):
     """A search of `iterations` stopped by Ctrl-C after `after` iterations: state.pt holds iteration `after`."""
     s, task, policy, _ = setup("ns")
     s.iterations, s.early_stop = iterations, False
-    real, done = migrate.run_iteration, []
+    real, done = loop.run_iteration, []
 
     def stop(*a, **kw):
         if len(done) == after:
@@ -37,17 +36,17 @@ def interrupted_run(run_dir, monkeypatch, after=2, iterations=4):
         done.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(migrate, "run_iteration", stop)
+    monkeypatch.setattr(loop, "run_iteration", stop)
     with pytest.raises(KeyboardInterrupt):
-        migrate.search(s, run_dir, policy, task, quiet=True)
-    monkeypatch.setattr(migrate, "run_iteration", real)
+        loop.search(s, run_dir, policy, task, quiet=True)
+    monkeypatch.setattr(loop, "run_iteration", real)
     return s, task, policy
 
 
 def unbroken_run(run_dir, iterations=4):
     s, task, policy, _ = setup("ns")
     s.iterations, s.early_stop = iterations, False
-    migrate.search(s, run_dir, policy, task, quiet=True)
+    loop.search(s, run_dir, policy, task, quiet=True)
     return records(run_dir)
 
 
@@ -105,7 +104,7 @@ def test_state_is_plain_data_and_resumes_to_the_unbroken_history(scripted, tmp_p
     s, task, policy = interrupted_run(tmp_path / "stopped", monkeypatch)
     blob = torch.load(tmp_path / "stopped" / "state.pt", weights_only=True)  # no allow-list needed
     assert blob["iteration"] == 2 and isinstance(blob["history"], dict) and isinstance(blob["islands"], dict)
-    migrate.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -124,7 +123,7 @@ def test_a_state_file_that_would_run_code_is_refused(scripted, tmp_path, monkeyp
     blob["history"] = Payload(tmp_path / "payload-ran")
     torch.save(blob, tmp_path / "run" / "state.pt")
     with pytest.raises(rundir.RunFolderError, match="state.pt is damaged"):
-        migrate.search(s, tmp_path / "run", policy, task, quiet=True)
+        loop.search(s, tmp_path / "run", policy, task, quiet=True)
     assert not (tmp_path / "payload-ran").exists()
 
 
@@ -136,7 +135,7 @@ def test_a_damaged_state_file_is_a_one_line_error(scripted, tmp_path, monkeypatc
     damaged = {"truncated": data[:len(data) // 2], "random": random.Random(0).randbytes(len(data)), "empty": b""}
     path.write_bytes(damaged[damage])
     with pytest.raises(rundir.RunFolderError) as e:
-        migrate.search(s, tmp_path, policy, task, quiet=True)
+        loop.search(s, tmp_path, policy, task, quiet=True)
     message = str(e.value)
     assert "\n" not in message and f"{path} is damaged" in message and f"delete {tmp_path}" in message
 
@@ -150,7 +149,7 @@ def test_a_state_file_of_the_old_format_still_resumes(scripted, tmp_path, monkey
     blob["history"] = History(blob["history"]["budget"], entries, blob["history"]["evaluations"])
     blob["islands"] = Islands(**blob["islands"])
     torch.save(blob, path)
-    migrate.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -162,7 +161,7 @@ def test_a_half_written_last_line_is_dropped_and_its_iteration_runs_again(script
     line = log.read_text().splitlines()[-1].replace('"iteration": 2', '"iteration": 3')
     with open(log, "a") as f:
         f.write(line[:len(line) // 2])  # the crash came in the middle of writing iteration 3
-    migrate.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -172,10 +171,10 @@ def test_a_damaged_or_missing_saved_record_is_a_one_line_error(scripted, tmp_pat
     lines = log.read_text().splitlines(keepends=True)
     log.write_text(lines[0] + lines[1][:20] + "\n" + lines[2])
     with pytest.raises(rundir.RunFolderError, match=f"{log} line 2 is damaged"):
-        migrate.search(s, tmp_path, policy, task, quiet=True)
+        loop.search(s, tmp_path, policy, task, quiet=True)
     log.write_text(lines[0] + lines[1])  # iteration 2 is saved in state.pt but lost from the log
     with pytest.raises(rundir.RunFolderError, match="holds 2 of the 3 records"):
-        migrate.search(s, tmp_path, policy, task, quiet=True)
+        loop.search(s, tmp_path, policy, task, quiet=True)
 
 
 # -- a finished search ------------------------------------------------------------------------------------
@@ -186,18 +185,8 @@ def test_a_finished_search_drops_its_state_and_is_not_searched_again(scripted, t
     kept = (tmp_path / "history.jsonl").read_bytes()
     s, task, policy, _ = setup("ns")
     s.iterations, s.early_stop = 4, False
-    assert migrate.search(s, tmp_path, policy, task, quiet=True)["iterations"] == 4
+    assert loop.search(s, tmp_path, policy, task, quiet=True)["iterations"] == 4
     assert (tmp_path / "history.jsonl").read_bytes() == kept
-
-
-def test_the_end_of_a_run_says_what_the_numbers_mean(tmp_path):
-    from tasks import task_class
-    for name, words in (("wordsearch", "cosine"), ("molecule", "objective"), ("arc", "train pairs")):
-        assert words in task_class(name).defaults.extra["score_meaning"], name
-    (tmp_path / "t1").mkdir()
-    (tmp_path / "t1" / "best.json").write_text(json.dumps(dict(report={"pass@2": True, "votes": [[3]]})))
-    text = cli.explain_scores(tmp_path, ["t1", "t2"], task_class("arc"))  # t2 has not finished
-    assert text.splitlines()[1:] == ["t1: pass@2 True"]
 
 
 def test_summary_keeps_one_row_per_target_whatever_the_best_or_target(tmp_path):

@@ -11,7 +11,7 @@ from bench.search import (MIXED, OLDER, bootstrap_interval, choose_code, code_no
                           estimate_seconds, holm, paired_differences, parse_args, read_history, sign_test,
                           sweeps_by_code, timings, verdict, wilson, wins_ties_losses, write_table,
                           write_target_table)
-from migrate import STRATEGIES
+from loop import STRATEGIES
 
 
 def fake_run(folder, records, best, solved=False):
@@ -271,7 +271,7 @@ def test_a_protocols_own_migrate_flags_come_first_so_flags_beside_it_win():
     assert parse_args(["--protocol", "tuned"]).extra == ["--lr", "5e-4"]
     assert parse_args(["--protocol", "tuned", "--lr", "1e-4"]).extra == ["--lr", "5e-4", "--lr", "1e-4"]
     assert parse_args(["--protocol", "paper", "--mu", "1"]).extra == ["--mu", "1"]
-    from cli import build_parser  # migrate.py keeps the last of a repeated flag
+    from migrate import build_parser  # migrate.py keeps the last of a repeated flag
     assert build_parser().parse_args(["--lr", "5e-4", "--lr", "1e-4"]).lr == 1e-4
 
 

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-import cli
-import migrate
-from tasks import Prompt, Task, TaskDefaults, paper_presets
+import loop
+from tasks import Preset, Prompt, Task, TaskDefaults, load_task_class
 from tiny_model import tiny_model
 
 CHARS = "abcdefghijklmnopqrstuvwxyz>?"
@@ -32,14 +31,16 @@ class TinyTokenizer:
 class CountA(Task):
     """Every completion is one candidate; its score is the fraction of its characters that are "a"."""
     name = "count-a"
-    defaults = TaskDefaults(paper_presets(16, (15, 1, 0), (11, 1, 4)), topk=2, mu=2, lr=3e-2, lora_r=4,
-                            lora_alpha=8, max_new_tokens=6, iterations=12)
+    defaults = TaskDefaults({"random": Preset(16), "ns": Preset(0, 0, 16), "opro": Preset(0, 0, 16),
+                             "grpo": Preset(16), "grpo-greedy": Preset(15, 1, 0), "migrate": Preset(11, 1, 4),
+                             "migrate-opro": Preset(11, 1, 4), "migrate-evo": Preset(11, 1, 4, mu=1)},
+                            topk=2, mu=2, lr=3e-2, lora_r=4, lora_alpha=8, max_new_tokens=6, iterations=12)
 
     def prompt(self):
         return Prompt([{"role": "user", "content": "say?"}], prefix=">")
 
-    def neighbourhood_prompt(self, seed):
-        return Prompt([{"role": "user", "content": f"like{seed[:4]}?"}], prefix=">")
+    def neighbourhood_prompt(self, parent):
+        return Prompt([{"role": "user", "content": f"like{parent[:4]}?"}], prefix=">")
 
     def opro_prompt(self, ranked):
         return self.neighbourhood_prompt(ranked[-1][0])
@@ -56,14 +57,13 @@ class CountA(Task):
 
 
 def make_policy(strategy, **overrides):
-    args = cli.build_parser().parse_args(["--strategy", strategy])
-    s = migrate.resolve_settings(args, CountA)
+    s = loop.resolve_settings(CountA, strategy, {"device": "cpu"})
     s.task, s.target, s.early_stop = "count-a", "x", False
     for k, v in overrides.items():
         setattr(s, k, v)
     torch.manual_seed(0)
     model = tiny_model(seed=1, vocab_size=VOCAB).to(s.device, getattr(torch, s.dtype))
-    policy = migrate.Policy(model, TinyTokenizer(), s)
+    policy = loop.Policy(model, TinyTokenizer(), s)
     return s, policy
 
 
@@ -80,7 +80,7 @@ def test_grpo_raises_the_mean_reward(tmp_path, device, dtype):
     """The whole loop, sampler and update included, in float32 and in bfloat16 (the GPU's default dtype), so a
     dtype bug shows up on CPU: the adapter must stay float32 and still learn."""
     s, policy = make_policy("grpo", dtype=dtype, device=device)
-    summary = migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    summary = loop.search(s, tmp_path, policy, CountA("x"), quiet=True)
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     means = [r["mean_reward"] for r in records if r["iteration"] >= 1]
     first, last = sum(means[:3]) / 3, sum(means[-3:]) / 3
@@ -93,24 +93,10 @@ def test_grpo_raises_the_mean_reward(tmp_path, device, dtype):
                if v.dim() > 0)
 
 
-def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
-    picked = []
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert cli.rank_device("cuda") == "cuda:1" and picked == [1]
-    assert cli.rank_device("cpu") == "cpu"
-    monkeypatch.setenv("LOCAL_RANK", "2")
-    with pytest.raises(migrate.UsageError, match="LOCAL_RANK 2"):
-        cli.rank_device("cuda")
-    monkeypatch.delenv("LOCAL_RANK")
-    assert cli.rank_device("cuda") == "cuda"
-
-
 def test_inference_only_baseline_does_not_train(tmp_path):
     s, policy = make_policy("random")
     before = [p.clone() for p in policy.model.parameters()]
-    migrate.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    loop.search(s, tmp_path, policy, CountA("x"), quiet=True)
     assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
     assert not (tmp_path / "adapter.safetensors").exists()
 
@@ -118,9 +104,9 @@ def test_inference_only_baseline_does_not_train(tmp_path):
 @pytest.mark.parametrize("strategy", ["migrate", "migrate-evo"])
 def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, strategy):
     s, policy = make_policy(strategy, iterations=5)
-    migrate.search(s, tmp_path / "whole", policy, CountA("x"), quiet=True)
+    loop.search(s, tmp_path / "whole", policy, CountA("x"), quiet=True)
 
-    real, calls = migrate.run_iteration, []
+    real, calls = loop.run_iteration, []
 
     def stop_after_three(*a, **kw):
         if len(calls) == 3:
@@ -128,13 +114,13 @@ def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, s
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(migrate, "run_iteration", stop_after_three)
+    monkeypatch.setattr(loop, "run_iteration", stop_after_three)
     s, policy = make_policy(strategy, iterations=5)
     with pytest.raises(KeyboardInterrupt):
-        migrate.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
-    monkeypatch.setattr(migrate, "run_iteration", real)
+        loop.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+    monkeypatch.setattr(loop, "run_iteration", real)
     s, policy = make_policy(strategy, iterations=5)  # a fresh process: new model, state from disk
-    migrate.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+    loop.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
 
     whole = [json.loads(l) for l in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     broken = [json.loads(l) for l in (tmp_path / "broken" / "history.jsonl").read_text().splitlines()]
@@ -144,14 +130,13 @@ def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, s
 
 def test_example_task_runs_through_the_loop(tmp_path):
     """The README's fork example, three iterations of MiGrATe on the tiny model."""
-    task_cls = cli.load_task_class("examples/digit_sum.py")
-    args = cli.build_parser().parse_args(["--iterations", "3"])
-    s = migrate.resolve_settings(args, task_cls)
+    task_cls = load_task_class("examples/digit_sum.py")
+    s = loop.resolve_settings(task_cls, "migrate", {"iterations": 3, "device": "cpu"})
     s.task, s.target = "digitsum", "40"
-    policy = migrate.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
+    policy = loop.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
     task = task_cls("40")
     assert task.score(["99994", "1"]) == [1.0, 1 - 39 / 40]
-    migrate.search(s, tmp_path, policy, task, quiet=True)
+    loop.search(s, tmp_path, policy, task, quiet=True)
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert [m["origin"] for m in records[-1]["members"]].count("neighbourhood") == 2
@@ -162,9 +147,9 @@ def test_update_clips_the_gradient_norm_and_uses_adamw_without_weight_decay(tmp_
     policy.reset()
     assert all(g["weight_decay"] == 0.0 for g in policy.optimizer.param_groups)
     task = CountA("x")
-    members = [migrate.Member("online", "online", text=">" + t, reward=r)
+    members = [loop.Member("on-policy", "on-policy", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbb", 0.0), ("abb", 1 / 3), ("aaa", 1.0))]
-    out = migrate.grpo_update(policy, task, members, iteration=1)
+    out = loop.grpo_update(policy, task, members, iteration=1)
     norm = sum(float(p.grad.pow(2).sum()) for p in policy.params if p.grad is not None) ** 0.5
     assert out["grad_norm"] > 1e-3 and norm == pytest.approx(1e-3, rel=1e-4)  # clipped in place before the step
     assert out["lr"] == pytest.approx(s.lr * (1 - 1 / (12 * 2)))  # the second of 2 x 12 planned steps
@@ -178,10 +163,10 @@ def _adapter_grads_after_one_update(**overrides):
     with torch.no_grad():
         for p in policy.params[1::2]:  # lora_B
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
-    members = [migrate.Member("online", "online", text=">" + t, reward=r)
+    members = [loop.Member("on-policy", "on-policy", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbbbb", 0.0), ("abb", 1 / 3), ("aaaa", 1.0), ("bb", 0.0))]
     policy.optimizer.step = lambda: None  # keep the gradients of the step, not its update
-    out = migrate.grpo_update(policy, CountA("x"), members, iteration=1)
+    out = loop.grpo_update(policy, CountA("x"), members, iteration=1)
     return out, [p.grad.clone() for p in policy.params]
 
 
@@ -201,5 +186,5 @@ def test_micro_batches_and_checkpointing_give_the_whole_group_gradient(overrides
 
 
 def test_micro_batches_cover_every_row_once():
-    assert migrate.micro_batches(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 6)]
-    assert migrate.micro_batches(5, 0) == [slice(0, 5)] == migrate.micro_batches(5, 9)
+    assert loop.micro_batches(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert loop.micro_batches(5, 0) == [slice(0, 5)] == loop.micro_batches(5, 9)

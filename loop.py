@@ -1,0 +1,451 @@
+"""The MiGrATe loop: a language model searches for the best solution to one black-box problem and trains itself
+on its own attempts while it searches (Mixed-Policy GRPO for Adaptation at Test-Time, arXiv 2508.08641).
+
+One iteration (run_iteration below):
+  1. plan the group: alpha on-policy prompts, gamma neighbourhood prompts built from the iteration's parent (a
+     past solution), beta greedy members (that parent, re-inserted with its stored score);
+  2. sample every prompted member in one batched sampler call;
+  3. parse and score each completion with the task's black-box score (through the history's cache); with
+     packing (word search), pool the candidates and pack them into answers (pack_group): those are the group;
+  4. train: advantages = reward - group mean, clipped GRPO loss, mu AdamW steps on the LoRA adapter.
+
+Simplifications we made on purpose, and why:
+  1. Every member is trained as an answer to the on-policy prompt, whichever prompt produced it (the paper's
+     choice: the policy should learn to produce good solutions without being shown one).
+  2. A completion may hold several candidates (a packed answer of two words); its reward is the best of them.
+  3. The budget counts distinct black-box evaluations; a repeat is free and logged as a repeat.
+  4. old_logp is the policy before the first of the mu steps, so the first step's ratio is exactly 1 and its
+     log-probs are reused as old_logp instead of running the model twice.
+  5. No reference model is kept: the KL term (off by default, as in the paper) uses the base model obtained by
+     switching the LoRA adapter off.
+  6. A group with no signal (every reward equal, or all 0) takes no optimiser step.
+
+The command line is migrate.py; this module knows nothing of it: settings come in as plain values.
+"""
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import sampler
+from grpo import completion_logprobs, group_advantages, grpo_loss
+from history import History, Islands
+from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict
+from rundir import RunState, keep_log_lines, load_state, save_state, short, write_results
+from settings import DEFAULTS, Settings, UsageError, check_settings
+
+# ----------------------------------------------------------------------------------------------------------
+# The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
+
+class Policy:
+    """What the loop acts with. `generate` is the sampler (sampler.generate); a test may hand in a scripted one."""
+
+    def __init__(self, model, tokenizer, s: Settings, generate=None):
+        self.model, self.tok, self.s = model, tokenizer, s
+        self.generate = generate or sampler.generate
+        self.params, self.optimizer = [], None
+        if s.update:
+            torch.manual_seed(s.seed)  # LoRA A is random: make it the seed's
+            self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout)
+            self.initial_adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
+        self.end_of_turn = end_of_turn_id(tokenizer)
+
+    def reset(self):
+        """A fresh adapter and optimiser for a new target (a sweep loads the model once)."""
+        if self.s.update:
+            load_lora_state_dict(self.model, self.initial_adapter)
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr, weight_decay=self.s.weight_decay)
+
+    def prompt_ids(self, prompt) -> list[int]:
+        text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix)
+        return self.tok.encode(text)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn; greedy members end with it, as sampled answers do."""
+    marker = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}[tokenizer.chat_format]
+    ids = tokenizer.encode(marker)
+    if len(ids) != 1:
+        raise UsageError(f"the model's tokenizer has no single {marker} token; "
+                         f"is it a {tokenizer.chat_format} chat model?")
+    return ids[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The strategies of the paper: what each one's neighbourhood prompts show and whether it trains. Their numbers
+# (alpha, beta, gamma, top-k, mu) are each task's table (`presets` in tasks/wordsearch.py, molecule.py, arc.py),
+# under the strategy's name or, for a strategy of your own, under `numbers_of`: a new strategy is one entry here,
+# plus at most a branch in plan_group.
+
+@dataclass(frozen=True)
+class Strategy:
+    neighbours: str = "parent"  # NS prompts show: "parent" (a random top-k one), "ranked" (OPRO) or "islands" (Evo)
+    trains: bool = True  # GRPO steps on the adapter; False: an inference-only baseline
+    numbers_of: str | None = None  # use the task's numbers of this strategy
+
+
+STRATEGIES = {
+    "random": Strategy(trains=False), "ns": Strategy(trains=False), "opro": Strategy("ranked", trains=False),
+    "grpo": Strategy(), "grpo-greedy": Strategy(), "migrate": Strategy(), "migrate-opro": Strategy("ranked"),
+    "migrate-evo": Strategy("islands"),
+}
+
+
+def resolve_settings(task_cls, strategy: str = "migrate", given: dict | None = None,
+                     saved: dict | None = None) -> Settings:
+    """A run's settings, each from the first of: `given` (the values the user set, e.g. {"lr": 5e-4}), `saved`
+    (the settings a resumed run wrote to config.json), the strategy (its rule, and its numbers in the task's
+    table), the task's overrides, Settings' defaults."""
+    given = dict(given or {})
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    rule = STRATEGIES[strategy]
+    d, numbers = task_cls.defaults, rule.numbers_of or strategy
+    if numbers not in d.presets:
+        raise UsageError(f"task {task_cls.name} has no numbers for strategy {numbers}")
+    p = d.presets[numbers]
+    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, neighbours=rule.neighbours,
+                  update=rule.trains, **{k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
+    if saved:  # a setting newer than the run keeps its default
+        values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
+    elif "budget" in given and "iterations" not in given:
+        values["iterations"] = given["budget"]  # the budget decides; the iteration cap only guards a stuck search
+    options = dict((saved or {}).get("task_options", {}), **given.pop("task_options", {}))
+    values.update(task=task_cls.name, target="", strategy=strategy)
+    values.update(given)
+    s = Settings(**values)
+    s.task_options = options
+    s.device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    s.dtype = s.dtype or ("bfloat16" if s.device.startswith("cuda") else "float32")
+    if s.sample_weights == "auto":  # int4 decode weights serve a float32 model on CPU (quant.py measures it)
+        s.sample_weights = "int4" if (s.device, s.dtype) == ("cpu", "float32") else "model"
+    check_settings(s)
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One iteration.
+
+@dataclass
+class Member:
+    origin: str  # "on-policy", "greedy", "neighbourhood", or "packed" (an answer packed from pooled candidates)
+    prompt_kind: str  # which prompt produced it: "on-policy", "ns", "opro" or "greedy"
+    parent: str | None = None  # the past solution an NS prompt was built from, or a greedy member re-inserts
+    ask: int | None = None  # candidates its prompt asked for (packing); None: what task.parse keeps
+    text: str = ""  # the completion, response prefix included
+    tokens: list[int] = field(default_factory=list)  # completion ids, trained after the on-policy prompt
+    candidates: list[dict] = field(default_factory=list)  # {"candidate", "score", "status"}
+    reward: float = 0.0
+
+
+def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, object]]:
+    """The mixed group of MiGrATe: (member, prompt) pairs for alpha on-policy and gamma neighbourhood members,
+    then beta greedy members whose completion is the iteration's parent (prompt None: nothing to sample).
+
+    As in the paper's code, one parent serves the whole iteration: the NS prompts are built from it and it is the
+    greedy member. With packing (word search), alpha and gamma count candidates: one on-policy call asks for
+    alpha of them and one neighbourhood call for gamma."""
+    parent = choose_parent(s, history, islands, rng) if s.gamma or s.beta else None
+    if s.pack:
+        plan = [(Member("on-policy", "on-policy", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
+        if s.gamma:
+            kind, prompt = neighbourhood_prompt(s, task, history, parent, n=s.gamma)
+            plan.append((Member("neighbourhood", kind, parent, ask=s.gamma), prompt))
+    else:
+        on_policy = task.prompt()
+        plan = [(Member("on-policy", "on-policy"), on_policy) for _ in range(s.alpha)]
+        if s.gamma:
+            kind, prompt = neighbourhood_prompt(s, task, history, parent)
+            plan += [(Member("neighbourhood", kind, parent), prompt) for _ in range(s.gamma)]
+    if parent is not None:
+        plan += [(Member("greedy", "greedy", parent, text=task.render(parent)), None) for _ in range(s.beta)]
+    return plan
+
+
+def choose_parent(s: Settings, history, islands, rng) -> str | None:
+    """The iteration's parent: random among the top-k (MiGrATe, GRPO-Greedy), drawn from the current island
+    (Evo), or the best (OPRO, whose prompt lists the whole top-k). None while there is nothing to build on."""
+    top = history.top(s.topk)
+    if not top:
+        return None
+    if s.neighbours == "islands":
+        return islands.pick_parent(rng)
+    if s.neighbours == "ranked":
+        return top[0].candidate  # the released code inserted the k-th best here, a defect we do not copy
+    return rng.choice(top).candidate
+
+
+def neighbourhood_prompt(s: Settings, task, history, parent, n=None):
+    """(prompt kind, prompt) of the neighbourhood members: a variation of the parent, or (OPRO) a better answer
+    than the top-k listed worst to best. The on-policy prompt while there is no parent."""
+    if parent is None:
+        return "on-policy", _ask(task.prompt, n=n)
+    if s.neighbours == "ranked":
+        ranked = [(e.candidate, e.score) for e in reversed(history.top(s.topk))]
+        return "opro", _ask(task.opro_prompt, ranked, n=n)
+    return "ns", _ask(task.neighbourhood_prompt, parent, n=n)
+
+
+def _ask(prompt_method, *args, n=None):
+    """Only packing asks a task for a number of candidates; tasks without packing keep their simple signature."""
+    return prompt_method(*args) if n is None else prompt_method(*args, n=n)
+
+
+def sample_members(policy: Policy, task, plan, generator) -> None:
+    """Fill in text and tokens of every prompted member with one batched sampler call."""
+    s, tok = policy.s, policy.tok
+    prompted = [(m, p) for m, p in plan if p is not None]
+    if not prompted:
+        return
+    out = policy.generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
+                          temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
+                          decode=tok.decode, stop=task.stop, compile=s.compile_sampler, weights=s.sample_weights)
+    policy_prefix = task.prompt().prefix
+    for (m, p), ids, text in zip(prompted, out.tokens, out.text):
+        m.text = p.prefix + text  # the sampler decoded it without the EOS token
+        # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
+        # otherwise the text after that prefix is re-encoded (set in training_tokens).
+        m.tokens = list(ids) if p.prefix == policy_prefix else []
+
+
+def training_tokens(policy: Policy, task, m: Member) -> list[int]:
+    """Completion ids of a member as an answer to the on-policy prompt (its response prefix stripped)."""
+    if m.tokens:
+        return m.tokens
+    prefix = task.prompt().prefix
+    body = m.text[len(prefix):] if m.text.startswith(prefix) else m.text
+    return policy.tok.encode(body) + [policy.end_of_turn]
+
+
+def score_members(task, history, plan, iteration: int) -> None:
+    for m, _ in plan:
+        cands = task.parse(m.text)
+        if m.ask is not None:
+            cands = cands[:m.ask]
+        m.candidates = history.score(task, cands, iteration, m.origin)
+        m.reward = max((c["score"] for c in m.candidates), default=0.0)
+
+
+def pack_group(s: Settings, task, members: list[Member], rng) -> list[Member]:
+    """The paper's word-search group: the candidates the sampled members found, padded with random repeats to
+    alpha + gamma (as the released code pads a short answer), plus the beta greedy ones, cut or padded at random
+    to the group size, sorted best first and packed into answers of task.answer_size, each rewarded with its
+    best candidate. Returns the packed answers, trained as answers to the on-policy prompt."""
+    def found(greedy):
+        return [(c["candidate"], c["score"]) for m in members if (m.origin == "greedy") == greedy
+                for c in m.candidates if c["status"] != "over_budget"]
+    sampled, size, k = found(False), s.group_size, task.answer_size
+    if sampled:
+        sampled += [rng.choice(sampled) for _ in range(s.alpha + s.gamma - len(sampled))]
+    pool = sampled + found(True)
+    if not pool:
+        return []
+    pool = rng.sample(pool, size) if len(pool) > size else pool + rng.choices(pool, k=size - len(pool))
+    pool.sort(key=lambda p: -p[1])
+    packed = []
+    for i in range(0, size - size % k, k):
+        answer = pool[i:i + k]
+        rng.shuffle(answer)
+        packed.append(Member("packed", "on-policy", text=task.render_answer([c for c, _ in answer]),
+                             candidates=[dict(candidate=c, score=v, status="repeat") for c, v in answer],
+                             reward=max(v for _, v in answer)))
+    return packed
+
+
+def learning_rate(s: Settings, iteration: int, step: int, evaluations: int = 0) -> float:
+    """The Hugging Face Trainer's default schedule, which the paper's runs used: linear from lr to 0 over the run,
+    no warm-up; or constant. The run is measured by its optimiser steps (iterations x mu) or by its budget of
+    evaluations, whichever is further spent: repeats are free here, so when the budget ends a run its iterations
+    are no clock (a word-search MiGrATe run finds about 4 new words an iteration, not the paper's 10)."""
+    if s.lr_schedule == "constant":
+        return s.lr
+    spent = max(((iteration - 1) * s.mu + step) / (s.iterations * s.mu), evaluations / s.budget)
+    return s.lr * max(0.0, 1.0 - spent)
+
+
+def grpo_update(policy: Policy, task, members: list[Member], iteration: int, evaluations: int = 0) -> dict:
+    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter (learning_rate's schedule, gradient norm
+    clipped at max_grad_norm); returns loss and clip statistics of the last step.
+
+    Memory: each step runs the group in micro-batches of s.micro_batch rows whose gradients add up to the
+    whole group's (grpo_loss's group_size), and s.grad_checkpoint recomputes each layer in backward."""
+    s, model = policy.s, policy.model
+    rewards = torch.tensor([m.reward for m in members])
+    advantages = group_advantages(rewards)
+    keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
+    if not keep.any() or advantages.abs().max() == 0:
+        return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
+    # Every member is trained as an answer to the on-policy prompt, so the group shares it: it runs once.
+    prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
+    completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
+    adv, keep, G = advantages.to(s.device), keep.to(s.device), len(members)
+    batches = micro_batches(G, s.micro_batch)
+
+    def logprobs(rows):
+        return completion_logprobs(model, prompt, completions[rows], compiled=s.compile_logprobs)
+
+    def loss_of(logp, old, rows, ref):
+        return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
+                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=G)
+    ref = None
+    if s.kl_coef > 0:
+        with torch.no_grad(), lora_disabled(model):
+            ref = torch.cat([logprobs(rows) for rows in batches])
+    model.train()
+    model.checkpointing = s.grad_checkpoint
+    old = None
+    for step in range(s.mu):
+        policy.optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for rows in batches:
+            logp = logprobs(rows)
+            loss, _ = loss_of(logp, logp.detach() if old is None else old[rows], rows,
+                              None if ref is None else ref[rows])
+            loss.backward()  # gradients accumulate: each micro-batch adds its rows' share of the group's loss
+            parts.append(logp.detach())
+        logp = torch.cat(parts)
+        if old is None:
+            old = logp  # the policy before the first step (simplification 4)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, s.max_grad_norm or float("inf"))
+        lr = learning_rate(s, iteration, step, evaluations)
+        for group in policy.optimizer.param_groups:
+            group["lr"] = lr
+        policy.optimizer.step()
+    model.checkpointing = False
+    model.eval()
+    loss, stats = loss_of(logp, old, slice(None), ref)  # the last step's loss and statistics, for the log
+    return dict(loss=float(loss), lr=lr, grad_norm=float(grad_norm), **{k: float(v) for k, v in stats.items()})
+
+
+def micro_batches(rows: int, size: int) -> list[slice]:
+    """Row slices of at most `size` rows (0: all rows at once)."""
+    size = size if 0 < size < rows else rows
+    return [slice(i, i + size) for i in range(0, rows, size)]
+
+
+def pad_completions(completions: list[list[int]], device):
+    """(G, L) completion ids, right-padded with 0, and the (G, L) float mask of real tokens."""
+    L = max(len(c) for c in completions)
+    ids = torch.zeros(len(completions), L, dtype=torch.long)
+    mask = torch.zeros(len(completions), L)
+    for i, c in enumerate(completions):
+        ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, :len(c)] = 1.0
+    return ids.to(device), mask.to(device)
+
+
+def run_iteration(state, policy: Policy, task) -> dict:
+    """Sample, score, build the group, update: one MiGrATe iteration. Returns its log record."""
+    s, it = policy.s, state.iteration + 1
+    t0 = time.time()
+    plan = plan_group(s, task, state.history, state.islands, state.rng)
+    sample_members(policy, task, plan, state.generator)
+    t1 = time.time()
+    score_members(task, state.history, plan, it)
+    t2 = time.time()
+    members = [m for m, _ in plan]
+    group = pack_group(s, task, members, state.rng) if s.pack else members
+    update = grpo_update(policy, task, group, it, state.history.evaluations) if s.update and group else {}
+    if s.neighbours == "islands":
+        add_to_islands(state.islands, members, it)
+    t3 = time.time()
+    best = state.history.best()
+    record = dict(iteration=it, evaluations=state.history.evaluations,
+                  best_score=best.score if best else 0.0, best=best.candidate if best else None,
+                  mean_reward=sum(m.reward for m in group) / max(len(group), 1),
+                  members=[dict(origin=m.origin, prompt=m.prompt_kind, parent=m.parent, reward=m.reward,
+                                candidates=m.candidates, text=m.text) for m in members],
+                  **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+    if s.pack:
+        record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
+    return record
+
+
+def add_to_islands(islands, members: list[Member], iteration: int) -> None:
+    """Evo, as the released code: what the iteration sampled joins the current island, the turn passes to the
+    next island, and every migrate_every iterations the islands' best migrate."""
+    for m in members:
+        if m.origin != "greedy":
+            for c in m.candidates:
+                if c["status"] != "over_budget":
+                    islands.add(c["candidate"], c["score"])
+    islands.next_island()
+    if iteration % islands.migrate_every == 0:
+        islands.migrate()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A run: the warm start, then iterations until the budget is spent (files and resume: rundir.py).
+
+def new_state(s: Settings, task) -> RunState:
+    rng = random.Random(s.seed)
+    state = RunState(History(s.budget), Islands(s.islands, migrate_every=s.migrate_every), rng,
+                     torch.Generator(device=s.device).manual_seed(s.seed))
+    warm = task.warm_start(rng)
+    for r in state.history.score(task, warm, 0, "warm"):
+        if s.neighbours == "islands" and r["status"] == "new":
+            state.islands.add(r["candidate"], r["score"])  # dealt round the islands, one each
+            state.islands.next_island()
+    return state
+
+
+def warm_start_record(state: RunState) -> dict:
+    """Iteration 0 of the log: the warm-start candidates, scored before the first group."""
+    entries, best = list(state.history.entries.values()), state.history.best()
+    return dict(iteration=0, evaluations=state.history.evaluations, best_score=best.score if best else 0.0,
+                best=best.candidate if best else None,
+                mean_reward=sum(e.score for e in entries) / len(entries) if entries else 0.0,
+                members=[dict(origin="warm", prompt=None, parent=None, reward=e.score, text=None,
+                              candidates=[dict(candidate=e.candidate, score=e.score, status="new")]) for e in entries])
+
+
+def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dict:
+    """Run (or continue) one search to its budget; returns the summary written to best.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "best.json").exists() and not (run_dir / "state.pt").exists():
+        # best.json is written when a search ends: this one finished, and only its light files were kept
+        return json.loads((run_dir / "best.json").read_text())
+    policy.reset()
+    log_path = run_dir / "history.jsonl"
+    if (run_dir / "state.pt").exists():
+        state = load_state(run_dir, s, policy)
+        keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
+    else:
+        state = new_state(s, task)
+        log_path.write_text(json.dumps(warm_start_record(state)) + "\n")
+        save_state(run_dir, state, policy)
+    bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
+               disable=quiet, dynamic_ncols=True)
+    first = state.iteration + 1
+    while not state.finished:
+        t0 = time.time()
+        record = run_iteration(state, policy, task)
+        if record["iteration"] == first and not quiet:  # a measured rate: later iterations cost about the same
+            bar.write(rate_note(s.target, record["iteration"], time.time() - t0, s.iterations - record["iteration"]),
+                      file=sys.stderr)
+        state.iteration = record["iteration"]
+        solved = record["best_score"] >= task.solved_score
+        stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
+        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop)
+                          or stalled)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_state(run_dir, state, policy)
+        bar.update(1)
+        bar.set_postfix_str(f"evals {record['evaluations']} best {record['best_score']:.3f} "
+                            f"{str(record['best'])[:24]!r} mean {record['mean_reward']:.3f}")
+    bar.close()
+    return write_results(run_dir, s, state, policy, task)
+
+
+def rate_note(target: str, iteration: int, seconds: float, left: int) -> str:
+    """How long the rest of a search should take at the rate of the iteration just timed."""
+    rest = seconds * left
+    when = f"{rest:.0f} s" if rest < 90 else f"{rest / 60:.0f} min" if rest < 5400 else f"{rest / 3600:.1f} h"
+    return (f"{short(target, 40)}: iteration {iteration} took {seconds:.0f} s; at that rate the {left} left take "
+            f"about {when} (less if it is solved or stalls first)")
