@@ -1,13 +1,19 @@
 """Molecule optimisation: the model proposes SMILES strings, a black-box chemistry oracle scores them.
 
-Candidates are SMILES parsed and canonicalised with RDKit (invalid or empty text gives no candidate). Objectives,
-chosen by --target:
+A candidate is a molecule as the field defines one before scoring (docs/molecules.md gives the rule's sources):
+one connected, sanitised, net-neutral organic molecule of C, N, O, S, P, F, Cl and Br, every atom at one of RDKit's
+valences for its element, no radicals, isotope labels or dummy atoms, fewer than 50 heavy atoms. Acids and bases
+are first neutralised with RDKit's Uncharger, as dockstring does before docking, so a zwitterion and its neutral
+form are one candidate. Anything else (invalid SMILES, a salt, a metal, hypervalent iodine) gives no candidate,
+exactly as unparseable text does, and scores 0 if scored directly. Objectives, chosen by --target:
 
 - `dock:<PROTEIN>`: the paper's docking score, 1 - ((vina + (1 - QED)) + 12) / 10 clipped to [0, 1], with the
   Vina score from dockstring (AutoDock Vina against one of its 58 prepared protein targets) at dockstring's default
   seed, so a molecule's score repeats exactly (tests/golden/docking.json); run in a pool of worker processes with
   the paper's 90 s timeout per docking. Needs dockstring and Open Babel (DOCKING_SETUP). `--targets paper` is the
-  released scripts' 58 proteins, `dock-small` five of them for shorter runs.
+  released scripts' 58 proteins, `dock-small` five of them for shorter runs. The workers are spawned, and spawned
+  workers run the calling script again: a script that docks must do it under `if __name__ == "__main__":`, or
+  UnguardedScript says so before any worker starts.
 - `qed`, `rediscover:<drug>`, `mpo`, `logp-window`: RDKit-only objectives that take milliseconds per molecule, for
   CPU demos and tests.
 
@@ -21,9 +27,11 @@ Instruct at temperature 1 (16 completions per setting, transformers reference, r
 SMILES in 3/16 completions at n = 1, 4/16 at n = 3 and 2/16 at n = 5.
 
 What it leaves out: the paper's molecule runs had no warm start and neither does this task; molecules are not
-filtered for novelty, size or charge (the oracle alone decides); docking poses are not kept; stereo-chemistry is
-kept as written (RDKit's isomeric canonical SMILES), so two stereo-isomers are two candidates.
+filtered for novelty, drug-likeness or reactive groups beyond the candidate rule (the oracle alone decides);
+docking poses are not kept; stereo-chemistry is kept as written (RDKit's isomeric canonical SMILES), so two
+stereo-isomers are two candidates; tautomers are not merged.
 """
+import ast
 import importlib.util
 import json
 import math
@@ -32,12 +40,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rdkit import Chem, DataStructs, RDLogger
 from rdkit.Chem import QED, Crippen, Descriptors, RDConfig, rdFingerprintGenerator, rdMolDescriptors
+from rdkit.Chem.MolStandardize import rdMolStandardize
 
 import tasks
 
@@ -93,17 +103,76 @@ class DockingUnavailable(ValueError):
 
 # -- candidates -----------------------------------------------------------------------------------------------
 
-def canonical_smiles(text: str) -> str | None:
-    """RDKit's canonical SMILES of `text`, or None if it is not a valid, non-empty molecule. Never raises."""
+# What counts as a molecule; docs/molecules.md gives each choice's source.
+ELEMENTS = frozenset({"C", "N", "O", "S", "P", "F", "Cl", "Br"})
+CHARGEABLE = frozenset({"N", "O"})  # the charge-separated forms of neutral groups: nitro, N-oxide, azide
+MAX_HEAVY_ATOMS = 49  # REINVENT's training molecules have fewer than 50
+_PERIODIC_TABLE = Chem.GetPeriodicTable()
+_UNCHARGER = rdMolStandardize.Uncharger()
+
+
+def allowed_valences(atom) -> tuple[int, ...]:
+    """RDKit's valences for the atom's element; a charged atom takes those of its isoelectronic neighbour in the
+    periodic table (N+ as C: 4, O- as F: 1), as RDKit's own valence model does."""
+    return tuple(_PERIODIC_TABLE.GetValenceList(atom.GetAtomicNum() - atom.GetFormalCharge()))
+
+
+def expanded_by_double_bonds(atom) -> bool:
+    """False for an S or P above its first valence without the double bonds to O, N or S that make it a sulfoxide,
+    sulfone, sulfonamide or phosphate (the only such atoms drugs hold): a sulfurane such as CC[SH2]C is rejected."""
+    excess = atom.GetTotalValence() - _PERIODIC_TABLE.GetDefaultValence(atom.GetAtomicNum())
+    if excess <= 0 or atom.GetFormalCharge():
+        return True
+    doubles = sum(b.GetBondType() == Chem.BondType.DOUBLE and b.GetOtherAtom(atom).GetSymbol() in ("O", "N", "S")
+                  for b in atom.GetBonds())
+    return 2 * doubles >= excess
+
+
+def rejection(m) -> str | None:
+    """Why a sanitised, uncharged RDKit molecule is not a candidate (a few words), or None when it is one."""
+    atoms = list(m.GetAtoms())
+    symbols = {a.GetSymbol() for a in atoms}
+    if len(Chem.GetMolFrags(m)) != 1:
+        return "more than one fragment"
+    if any(a.GetIsotope() for a in atoms):
+        return "isotope label"
+    if not symbols <= ELEMENTS:
+        return f"element {min(symbols - ELEMENTS)} is not allowed"
+    if "C" not in symbols:
+        return "no carbon: not organic"
+    if any(a.GetNumRadicalElectrons() for a in atoms):
+        return "radical"
+    if Chem.GetFormalCharge(m) != 0:
+        return "net charge"
+    if any(a.GetFormalCharge() and (a.GetSymbol() not in CHARGEABLE or abs(a.GetFormalCharge()) > 1)
+           for a in atoms):
+        return "charge other than +1 or -1 on N or O"
+    for a in atoms:
+        if a.GetTotalValence() not in allowed_valences(a) or not expanded_by_double_bonds(a):
+            return f"{a.GetSymbol()} with valence {a.GetTotalValence()}"
+    if m.GetNumHeavyAtoms() > MAX_HEAVY_ATOMS:
+        return f"more than {MAX_HEAVY_ATOMS} heavy atoms"
+    return None
+
+
+def candidate_mol(text: str):
+    """The RDKit molecule `text` spells if it is a candidate (acids and bases neutralised), else None. Never raises."""
     if not text or len(text) > MAX_SMILES_CHARS or not text.isascii() or not text.isprintable():
         return None
     try:
-        mol = Chem.MolFromSmiles(text)
+        m = Chem.MolFromSmiles(text)
+        if m is None or m.GetNumAtoms() == 0:
+            return None
+        m = _UNCHARGER.uncharge(m)
+        return m if rejection(m) is None else None
     except Exception:  # RDKit raises on a few pathological inputs instead of returning None
         return None
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    return Chem.MolToSmiles(mol)
+
+
+def canonical_smiles(text: str) -> str | None:
+    """RDKit's canonical SMILES of the candidate `text` spells, or None if it spells none. Never raises."""
+    m = candidate_mol(text)
+    return None if m is None else Chem.MolToSmiles(m)
 
 
 def quoted_strings(text: str) -> list[str]:
@@ -134,11 +203,6 @@ def parse_smiles_list(text: str, limit: int = MAX_CANDIDATES) -> list[str]:
 
 
 # -- RDKit objectives -----------------------------------------------------------------------------------------
-
-def mol(smiles: str):
-    m = Chem.MolFromSmiles(smiles) if smiles and len(smiles) <= MAX_SMILES_CHARS else None
-    return m if m is not None and m.GetNumAtoms() > 0 else None
-
 
 def qed(m) -> float:
     """Bickerton's quantitative estimate of drug-likeness, already in [0, 1]."""
@@ -274,6 +338,55 @@ def vina_worker(dock_fn, protein: str, smiles: str, timeout_s: float, num_cpus: 
         signal.alarm(0)
 
 
+class UnguardedScript(RuntimeError):
+    """Docking was asked for from a line of the main script that every docking worker would run again."""
+
+
+def is_main_guard(node) -> bool:
+    """True for `if __name__ == "__main__":` (either operand order)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], ast.Eq)):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    return ({ast.dump(side) for side in sides}
+            == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))})
+
+
+def unguarded_script_line() -> tuple[str, int] | None:
+    """(path, line) of the main script's top-level statement running now, when it lies outside an
+    `if __name__ == "__main__":` block; None when it lies inside one or no script will be re-run.
+
+    Spawned workers run the main script again before they take work (Python's rule for "safe importing of main
+    module"); a worker reaching this statement would start a pool of its own, fail, and be replaced, again and
+    again, while every docking waits for its deadline."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if path is None or name.endswith("__main__"):  # interactive, `python -c`, or a package's __main__: not re-run
+        return None
+    line, frame = None, sys._getframe()
+    while frame is not None:  # the outermost frame of the script's own top level
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    guarded = any(is_main_guard(node) and node.lineno <= line <= node.end_lineno for node in tree.body)
+    return None if guarded else (path, line)
+
+
+def refuse_unguarded_script() -> None:
+    """UnguardedScript, one line saying what to change, when spawned workers would re-run the calling line."""
+    where = unguarded_script_line()
+    if where is not None:
+        raise UnguardedScript(f"{where[0]}, line {where[1]}: docking workers run the main script again, so the "
+                              f"code that docks must sit under `if __name__ == \"__main__\":`")
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
@@ -300,7 +413,9 @@ class DockingOracle:
         if not smiles:
             return []
         if self.pool is None:
-            # spawn, not fork: the parent holds torch threads, and forking a threaded process can deadlock
+            # spawn, not fork: the parent holds torch threads, and forking a threaded process can deadlock.
+            # forkserver would not help: its workers also run the main script again.
+            refuse_unguarded_script()
             self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
         jobs = [self.pool.apply_async(vina_worker, (self.dock_fn, self.protein, s, self.timeout_s, self.cpus_per_job))
                 for s in smiles]
@@ -397,7 +512,7 @@ class MoleculeTask(tasks.Task):
             if drug not in DRUGS:
                 raise ValueError(f"unknown drug {drug!r} for rediscover:; choose from {', '.join(DRUGS)}")
             target = f"rediscover:{drug}"
-            self.reference = morgan(mol(DRUGS[drug]))
+            self.reference = morgan(candidate_mol(DRUGS[drug]))
         elif target not in ("qed", "mpo", "logp-window"):
             raise ValueError(f"unknown molecule target {target!r}; choose from qed, mpo, logp-window, "
                              f"rediscover:<{'|'.join(DRUGS)}> or dock:<dockstring protein, e.g. DRD2>")
@@ -480,7 +595,7 @@ class MoleculeTask(tasks.Task):
         return [self.cache[c] for c in candidates]
 
     def _score_rdkit(self, smiles: str) -> float:
-        m = mol(smiles)
+        m = candidate_mol(smiles)
         if m is None:
             return 0.0
         try:
@@ -502,12 +617,12 @@ class MoleculeTask(tasks.Task):
         return float(self.sa_module.calculateScore(m)) if self.sa_module else sa_proxy(m)
 
     def _dock(self, smiles: list[str]):
-        valid = [s for s in smiles if mol(s) is not None]
+        valid = [s for s in smiles if candidate_mol(s) is not None]
         for s in smiles:
             self.cache[s] = 0.0
         for s, vina in zip(valid, self.oracle.vina(valid)):
             if vina is not None:
-                self.cache[s] = dock_score(vina, qed(mol(s)))
+                self.cache[s] = dock_score(vina, qed(candidate_mol(s)))
 
     def close(self):
         """Stop the docking workers (if any were started)."""

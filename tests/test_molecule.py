@@ -1,4 +1,5 @@
-"""Tests of the molecule task: SMILES parsing, the RDKit objectives, prompts, and the docking plumbing.
+"""Tests of the molecule task: what counts as a molecule, SMILES parsing, the RDKit objectives, prompts, and the
+docking plumbing.
 
 Literal values were computed once with RDKit 2026.09.1 (the version in this environment), e.g.
     python -c "from rdkit import Chem; from rdkit.Chem import QED; print(QED.qed(Chem.MolFromSmiles('CC(=O)Oc1ccccc1C(=O)O')))"
@@ -7,15 +8,19 @@ and are also re-derived from RDKit inside the tests where that is possible.
 import builtins
 import json
 import math
+import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 from rdkit import Chem, DataStructs
 from rdkit.Chem import QED, Crippen, Descriptors, rdFingerprintGenerator
+from rdkit.Chem.MolStandardize import rdMolStandardize
 
 import tasks
 from tasks import molecule
@@ -27,6 +32,74 @@ CELECOXIB = molecule.DRUGS["celecoxib"]
 
 def rdkit_canon(smiles):
     return Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
+
+
+# -- what counts as a molecule ------------------------------------------------------------------------------
+
+# RDKit parses every one of these and QED scores them (recorded with RDKit 2026.09.1): uranium above aspirin's 0.550.
+ORACLE_HOLES = {"[U]": 0.557, "CCC*N": 0.499, "C.C.C.C.C": 0.419, "[CH3]": 0.356, "C[IH]CCCC": 0.372,
+                "[Na+].[Cl-]": 0.243}
+
+
+def test_the_holes_were_real():
+    """What the rule below closes: without it QED rewards a metal, a dummy atom, a mixture, a radical, a
+    hypervalent iodine and a salt."""
+    assert {s: round(QED.qed(Chem.MolFromSmiles(s)), 3) for s in ORACLE_HOLES} == ORACLE_HOLES
+
+
+@pytest.mark.parametrize("smiles, why", [
+    ("[U]", "element U is not allowed"),
+    ("CCC*N", "element * is not allowed"),  # a dummy atom
+    ("C.C.C.C.C", "more than one fragment"),
+    ("[CH3]", "radical"),
+    ("C[IH]CCCC", "element I is not allowed"),  # hypervalent iodine: 7 of the 24 published best mpo molecules
+    ("[Na+].[Cl-]", "more than one fragment"),  # a salt
+    ("Ic1ccccc1", "element I is not allowed"),
+    ("CCBC(C)CCO", "element B is not allowed"),  # boron: Open Babel writes no PDBQT for it (test_docking.py)
+    ("C[Si](C)(C)C", "element Si is not allowed"),
+    ("[2H]OC", "isotope label"),
+    ("[13CH3]O", "isotope label"),
+    ("OS(=O)(=O)O", "no carbon"),
+    ("C[N+](C)(C)C", "net charge"),  # a cation without its counter-ion
+    ("[CH2-][S+](C)C", "charge other than +1 or -1 on N or O"),  # an ylide
+    ("CC[SH2]CC", "S with valence 4"),  # a sulfurane: S above valence 2 without S=O
+    ("CP(C)(C)(C)C", "P with valence 5"),
+    ("C" * 50, "more than 49 heavy atoms"),
+])
+def test_what_is_not_a_molecule_gives_no_candidate_and_scores_zero(smiles, why):
+    m = Chem.MolFromSmiles(smiles)
+    assert m is not None  # RDKit takes every one of them: the rule, not the parser, refuses them
+    assert molecule.rejection(rdMolStandardize.Uncharger().uncharge(m)).startswith(why)
+    assert molecule.canonical_smiles(smiles) is None
+    task = MoleculeTask("qed")
+    assert task.parse(task.prompt().prefix + json.dumps(smiles)[1:-1] + '"]}') == []  # an answer with no candidate
+    assert task.score([smiles]) == [0.0]
+
+
+@pytest.mark.parametrize("smiles", [ASPIRIN, CELECOXIB, *molecule.DRUGS.values(), *molecule.EXAMPLES,
+                                    "CS(C)=O", "CS(N)(=O)=O", "COP(=O)(O)O", "FC(F)(F)c1ccccc1Br", "C" * 49, "C"])
+def test_drugs_and_ordinary_molecules_are_candidates(smiles):
+    """Drugs, the prompt examples, a sulfoxide, a sulfonamide, a phosphate, halogens, both ends of the size range."""
+    assert molecule.canonical_smiles(smiles) == rdkit_canon(smiles)
+
+
+@pytest.mark.parametrize("written, candidate", [
+    ("[NH3+]CC(=O)[O-]", "NCC(=O)O"),  # glycine's zwitterion is glycine: one candidate, as dockstring docks it
+    ("CC(=O)[O-]", "CC(=O)O"),  # an anion alone: its acid
+    ("C[NH3+]", "CN"),  # a cation alone: its base
+    ("Cc1ccc([N+](=O)[O-])cc1", "Cc1ccc([N+](=O)[O-])cc1"),  # nitro is charge-separated but neutral: kept
+    ("[O-][n+]1ccccc1", "[O-][n+]1ccccc1"),  # an N-oxide: kept
+    ("C[N+](C)(C)CC(=O)[O-]", "C[N+](C)(C)CC(=O)[O-]"),  # a betaine: no proton removes it, neutral overall
+])
+def test_charges_a_proton_can_remove_are_removed_and_the_rest_must_balance(written, candidate):
+    assert molecule.canonical_smiles(written) == rdkit_canon(candidate)
+
+
+def test_canonical_smiles_is_its_own_fixed_point():
+    """A candidate written back (the greedy member's text) parses to itself."""
+    for smiles in [ASPIRIN, CELECOXIB, "[NH3+]CC(=O)[O-]", "C[N+](C)(C)CC(=O)[O-]", "C/C=C\\C", "C[C@H](N)C(=O)O"]:
+        once = molecule.canonical_smiles(smiles)
+        assert once is not None and molecule.canonical_smiles(once) == once
 
 
 # -- parsing ------------------------------------------------------------------------------------------------
@@ -75,7 +148,7 @@ def test_parse_recovers_valid_molecules_from_messy_output():
     # several SMILES in one string, and a truncated completion whose last string never closes
     assert task.parse('{"response": ["CCO, CCN c1ccccc1", "CC(=O') == ["CCO", "CCN", "c1ccccc1"]
     # invalid entries are skipped, valid ones kept; a bare backslash (not valid JSON) is read literally
-    assert task.parse('{"response": ["junk", "C/C=C\\C", "Cl"]}') == ["C/C=C\\C", "Cl"]
+    assert task.parse('{"response": ["junk", "C/C=C\\C", "CCl"]}') == ["C/C=C\\C", "CCl"]
 
 
 def test_parse_caps_the_number_of_candidates():
@@ -236,8 +309,10 @@ def test_defaults_follow_the_paper():
     assert shape["grpo"] == (5, 0, 0) and shape["grpo-greedy"] == (4, 1, 0)
     assert shape["migrate"] == (2, 1, 2) and shape["random"] == (5, 0, 0)
     assert all(p.alpha + p.beta + p.gamma == 5 for p in d.presets.values())  # baselines use GRPO's group size
-    assert (d.topk, d.mu, d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (
-        1, 2, 5e-5, 64, 16, 256, 40)
+    topk_mu = {k: (p.topk, p.mu) for k, p in d.presets.items()}
+    assert topk_mu.pop("opro") == topk_mu.pop("migrate-opro") == (5, 2)  # OPRO lists the top 5
+    assert topk_mu.pop("migrate-evo") == (1, 1) and set(topk_mu.values()) == {(1, 2)}
+    assert (d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (5e-5, 64, 16, 256, 40)
     assert MoleculeTask("qed").n == 1  # --num_guesses 1: the 5 of "40 x 5" is the group, not molecules per answer
     assert MoleculeTask.default_target in MoleculeTask.target_sets["rdkit"]
     assert MoleculeTask("qed").warm_start(random.Random(0)) == []
@@ -359,6 +434,54 @@ def test_docking_scores_through_worker_pool(monkeypatch):
     m = Chem.MolFromSmiles(ASPIRIN)
     expected = molecule.dock_score(-m.GetNumAtoms() / 2, QED.qed(m))
     assert scores == [pytest.approx(expected), 0.0, 0.0, 0.0, pytest.approx(expected)]
+
+
+REPO = Path(__file__).resolve().parents[1]
+STAND_IN_SCRIPT = """from tasks.molecule import DockingOracle
+
+
+def stand_in(protein, smiles, num_cpus):
+    return -float(len(smiles))
+
+"""
+
+
+def run_script(tmp_path, body: str) -> tuple[subprocess.CompletedProcess, int]:
+    """Run a user's script that docks through DockingOracle with a stand-in for Vina (so dockstring and Open Babel
+    need not be installed); returns the finished process and the line of the script that docks."""
+    text = STAND_IN_SCRIPT + body
+    script = tmp_path / "dock_script.py"
+    script.write_text(text)
+    line = next(i for i, code in enumerate(text.splitlines(), 1) if "oracle.vina" in code)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    return done, line
+
+
+def test_docking_from_a_script_without_a_main_guard_fails_at_once_in_one_line(tmp_path):
+    """Spawned workers run the main script again before taking work: from an unguarded line each one started a pool
+    of its own, died, and was replaced, while the scorer waited out its deadline and returned no score (thousands
+    of lines of tracebacks, exit status 0). The oracle now refuses before it starts any worker."""
+    start = time.monotonic()
+    done, line = run_script(tmp_path, 'oracle = DockingOracle("DRD2", workers=1, cpus_per_job=1, timeout_s=2, '
+                                      'dock_fn=stand_in)\nprint(oracle.vina(["CCO"]))\n')
+    assert done.returncode != 0 and done.stdout == ""
+    assert time.monotonic() - start < 30  # not the batch deadline of 2 + 30 s
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tasks.molecule.UnguardedScript: {tmp_path / 'dock_script.py'}, line {line}: ")
+    assert last.endswith('must sit under `if __name__ == "__main__":`')
+    assert done.stderr.count("Traceback") == 1  # the script's own, none from workers
+
+
+def test_docking_from_a_guarded_script_scores_through_the_pool(tmp_path):
+    done, _ = run_script(tmp_path, 'if __name__ == "__main__":\n'
+                                   '    oracle = DockingOracle("DRD2", workers=1, cpus_per_job=1, timeout_s=30, '
+                                   'dock_fn=stand_in)\n'
+                                   '    print(oracle.vina(["CCO", "CCCO"]))\n'
+                                   '    oracle.close()\n')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[-3.0, -4.0]\n" and "Traceback" not in done.stderr
 
 
 def stuck_vina(protein, smiles, num_cpus):
