@@ -2,7 +2,9 @@
 
 - History: each distinct candidate is scored once (a repeat costs no evaluation and is logged as a repeat);
   keeps the best-first ranking that greedy members and NS parents are drawn from; counts evaluations against the
-  budget, which is how strategies are compared fairly.
+  budget, which is how strategies are compared fairly. A task's scores are checked, not repaired: one finite
+  number in [0, 1] per candidate, or TaskProtocolError (a clamped 2.5 would read as solved, and a short list
+  would leave candidates unscored, to be counted again the next time they come up).
 - Islands: the island-model database of the MiGrATe-Evo variant, with the settings of the paper's released
   EvolutionDatabase: sub-populations that evolve apart, an elite archive of the best overall, parents drawn from
   one island per iteration (explore or exploit), and a ring migration of each island's best every 40 iterations.
@@ -12,7 +14,59 @@ which torch.load(weights_only=True) reads back without running any code from the
 """
 import dataclasses
 import random
+import reprlib
 from dataclasses import dataclass, field
+
+
+class TaskProtocolError(Exception):
+    """A task's score() raised, or returned something other than one finite score in [0, 1] per candidate.
+
+    The message is one line naming the task and what it returned."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist = 40, 40, 4
+
+
+def _short(value) -> str:
+    """A one-line repr of at most about 60 characters."""
+    return _REPR.repr(value)
+
+
+def _as_score(value) -> float | None:
+    """value as a float when it is a number in [0, 1] (NaN is not), else None."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return x if 0.0 <= x <= 1.0 else None
+
+
+def checked_scores(task, candidates: list[str]) -> list[float]:
+    """task.score(candidates), each score a float; TaskProtocolError when score() raises or breaks the protocol."""
+    label = f"task {getattr(task, 'name', '') or type(task).__name__!r}"
+    if getattr(task, "target", None):
+        label += f" (target {task.target!r})"
+    try:
+        returned = task.score(candidates)
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise TaskProtocolError(f"{label}: score() raised {type(e).__name__}: {first}") from e
+    try:
+        scores = list(returned)
+    except TypeError:
+        raise TaskProtocolError(f"{label}: score() returned {_short(returned)}, not a list of scores") from None
+    if len(scores) != len(candidates):
+        raise TaskProtocolError(f"{label}: score() returned {len(scores)} scores for {len(candidates)} candidates: "
+                                f"{_short(scores)}")
+    checked = [_as_score(s) for s in scores]
+    for candidate, s, x in zip(candidates, scores, checked):
+        if x is None:
+            raise TaskProtocolError(f"{label}: score() gave {_short(s)} for {_short(candidate)}; a score must be a "
+                                    f"finite number in [0, 1]")
+    return checked
 
 
 @dataclass
@@ -37,13 +91,14 @@ class History:
         """Score candidates through the cache; returns one record per candidate (its score and whether it was new).
 
         New candidates past the budget are not evaluated: they score 0 and are marked "over_budget", so no
-        strategy ever sees more evaluations than the budget allows."""
+        strategy ever sees more evaluations than the budget allows. A task that breaks the protocol raises
+        TaskProtocolError before anything is recorded."""
         todo = []
         for c in dict.fromkeys(candidates):
             if c not in self.entries and len(todo) < self.budget - self.evaluations:
                 todo.append(c)
-        for c, s in zip(todo, task.score(todo) if todo else []):
-            self.entries[c] = Entry(c, min(max(float(s), 0.0), 1.0), iteration, origin)
+        for c, s in zip(todo, checked_scores(task, todo) if todo else []):
+            self.entries[c] = Entry(c, s, iteration, origin)
         self.evaluations += len(todo)
         records = []
         for c in candidates:
