@@ -10,34 +10,44 @@ that the caller validates (tasks/arc.py scores in the parent, against answers th
 Two ways to run, chosen by `sandbox` ("auto" picks the first that works, "strict" refuses the second):
   1. isolated (Linux): a pool of warm workers, each started by util-linux `unshare` in fresh pid, mount,
      network, IPC and UTS namespaces (plus a user namespace when not run as root). A small shell step mounts a
-     read-only tmpfs root holding only the system's shared libraries, Python's own prefix, numpy and /dev/null
-     (no project files, no cache, no home, no /proc, no /tmp), chroots into it, and `setpriv` drops to a fresh
-     random unprivileged uid (as root; otherwise root of the user namespace) with an empty capability bounding
-     set and no_new_privs. The worker (tasks/sandbox_worker.py, pid 1 there) imports numpy once, then forks one
-     child per program from that pristine state, and after each program kills every other process of its
-     namespace. The network namespace has only a loopback that is down. Per program: RLIMIT_AS (memory_mb),
-     RLIMIT_CPU, RLIMIT_NPROC (4 processes/threads of the worker's uid, the worker included), no writable file
-     system at all, prints to /dev/null, results capped at output_bytes, a wall-clock limit per call.
+     read-only tmpfs root (over /sys, inside the private mount namespace only: the host gets no folder to
+     clean up) holding only what a program needs: the interpreter, its standard library (its site-packages
+     hidden), numpy at /packages, the folders of the shared libraries these load, and /dev/null (no project
+     files, no other Python package, no cache, no home, no /proc, no /tmp); it chroots into it, and `setpriv`
+     drops to a fresh random unprivileged uid (as root; otherwise root of the user namespace) with an empty
+     capability bounding set and no_new_privs. The worker (tasks/sandbox_worker.py, pid 1 there) installs a
+     seccomp filter (no sockets but AF_UNIX, no IPC objects, no kernel keys, no new namespaces, no io_uring),
+     imports numpy once, then forks one child per program from that pristine state, and after each program
+     kills every other process of its namespace. The network namespace has only a loopback that is down. Per
+     program: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_NPROC (4 processes/threads of the worker's uid, the
+     worker included), no writable file system at all, prints to /dev/null, results capped at output_bytes, and
+     a wall-clock limit per call that the worker enforces from outside (the child is killed 0.25 s past it).
   2. process (the slow twin, and the fallback where namespaces are unavailable): one fresh `python -I` per
-     program with rlimits, an audit hook and an empty working folder. A guard against buggy programs, NOT a
-     boundary: the hook lives in the program's own interpreter and can be got around.
+     program with rlimits, the same seccomp filter where the machine allows it, an audit hook and an empty
+     working folder; the parent kills the process group at the same deadlines. A guard against buggy programs,
+     NOT a boundary: the hook lives in the program's own interpreter and can be got around.
 
 What the isolated mode does NOT guarantee: memory is limited per process, so a program may hold up to 4 x
 memory_mb for the length of its time limit; CPU time is not shared fairly with other work on the machine; the
 kernel itself is the boundary (a kernel exploit escapes any namespace); the shared libraries, Python's standard
-library and numpy are readable (they are public); programs run in the same worker one after another, so
-SysV IPC is switched off (its limits set to 0) rather than reset. POSIX only; isolation needs Linux.
+library and numpy are readable (they are public); the limit is per call, so a program that finds its later
+inputs in its own memory and works on them in a thread of its own can spread its time across calls (never
+beyond the sum of its calls' limits). POSIX only; isolation needs Linux on x86_64 or aarch64.
+docs/sandbox.md lists each attack considered and what answers it.
 """
 import atexit
+import glob
 import json
 import os
 import queue
 import random
+import re
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -45,11 +55,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.sandbox_worker import read_lines
+from tasks.sandbox_worker import KILL_AFTER, read_lines
 
 WORKER_CODE = (Path(__file__).parent / "sandbox_worker.py").read_text()
 MODES = ("auto", "strict", "process")
 MAX_PROCESSES = 4  # per isolated worker uid: the worker, the program and 2 more processes or threads
+PACKAGES = "/packages"  # numpy's place inside the sandbox: the one folder on sys.path besides the stdlib
+# The sandbox's root is mounted over /sys inside each worker's private mount namespace: a folder every Linux
+# has, that no file a program needs lies under, and that the host never sees change (nothing to clean up).
+NEW_ROOT = "/sys"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -140,7 +154,7 @@ def describe(pool, mode: str) -> str:
     if pool is not None:
         who = f"uid {pool.uid}" if os.geteuid() == 0 else "root of a user namespace"
         return (f"sandbox: isolated workers ({len(pool.workers)} warm; namespaces pid, mount, net, ipc, uts; "
-                f"{who} without capabilities; read-only python + numpy only)")
+                f"seccomp; {who} without capabilities; read-only stdlib + numpy only)")
     if mode == "process":
         return "sandbox: one process per program with an audit hook (asked for; not a security boundary)"
     return (f"sandbox: WARNING: Linux namespaces unavailable ({_failure}); programs run in processes with an "
@@ -178,8 +192,8 @@ class WorkerPool:
         if not all(tools.values()):
             raise SandboxUnavailable("unshare/setpriv not found: apt-get install util-linux")
         self.tools = tools
+        self.layout = root_layout(os.path.realpath(tools["setpriv"]))
         self.uid = random.SystemRandom().randrange(1 << 24, 1 << 30)  # unused by anyone: RLIMIT_NPROC is ours
-        self.root = tempfile.mkdtemp(prefix="sandbox-root-")  # stays empty on the host: mounts are private
         self.workers: list[Worker] = []
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
         atexit.register(self.close)
@@ -191,12 +205,9 @@ class WorkerPool:
         ns += [] if as_root else ["--user", "--map-root-user"]
         drop = [os.path.realpath(self.tools["setpriv"]), "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL"]
         drop += [f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"] if as_root else []
-        import numpy
-        numpy_dir = os.path.dirname(os.path.realpath(numpy.__file__))
-        boot = f"import sys\nsys.path.append({os.path.dirname(numpy_dir)!r})\n{WORKER_CODE}\nserve()\n"
-        python = [os.path.realpath(sys.executable), "-I", "-B", "-c", boot]
-        return ns + ["/bin/sh", "-c", SETUP, "sandbox-setup", self.root, *visible_paths(numpy_dir, drop[0]),
-                     "--", *drop, "--", *python]
+        boot = f"import sys\nsys.path.append({PACKAGES!r})\n{WORKER_CODE}\nserve()\n"
+        python = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", boot]  # -S: no site-packages
+        return ns + ["/bin/sh", "-c", SETUP, "sandbox-setup", NEW_ROOT, *self.layout, "--", *drop, "--", *python]
 
     def grow(self, n: int) -> None:
         """Start workers (concurrently) until there are n."""
@@ -225,43 +236,111 @@ class WorkerPool:
         for w in self.workers:
             w.kill()
         self.workers = []
-        try:
-            os.rmdir(self.root)
-        except OSError:
-            pass
 
 
 # Runs as root of the new namespaces, before any program: build the read-only root and enter it.
-# Arguments: ROOT PATH... -- DROP... -- PYTHON...; a PATH that is a symlink is recreated as one.
+# Arguments: ROOT then KIND SOURCE PLACE triples -- DROP... -- PYTHON...; KIND is dir, file or device (bound
+# read-only at PLACE), link (a symlink at PLACE to SOURCE) or hide (an empty read-only folder over PLACE).
 SETUP = r'''
 set -eu
 root=$1; shift
 mount -t tmpfs -o size=1m,mode=755,nosuid,nodev sandbox "$root"
 while [ "$1" != -- ]; do
-  src=$1; shift
-  if [ -L "$src" ]; then mkdir -p "$root${src%/*}"; ln -s "$(readlink "$src")" "$root$src"; continue; fi
-  if [ -d "$src" ]; then mkdir -p "$root$src"; else mkdir -p "$root${src%/*}"; : > "$root$src"; fi
-  mount --bind "$src" "$root$src"
-  if [ "$src" = /dev/null ]; then opts=ro,nosuid; else opts=ro,nosuid,nodev; fi
-  mount -o "remount,bind,$opts" "$root$src"
+  kind=$1 src=$2 dst=$root$3; shift 3
+  case $kind in
+    dir) mkdir -p "$dst" ;;
+    file|device) mkdir -p "${dst%/*}"; : > "$dst" ;;
+    link) mkdir -p "${dst%/*}"; ln -s "$src" "$dst"; continue ;;
+    hide) mount -t tmpfs -o ro,size=4k,mode=555,nosuid,nodev,noexec hidden "$dst"; continue ;;
+  esac
+  mount --bind "$src" "$dst"
+  if [ "$kind" = device ]; then opts=ro,nosuid; else opts=ro,nosuid,nodev; fi
+  mount -o "remount,bind,$opts" "$dst"
 done
 shift
-echo 0 > /proc/sys/kernel/shmmni 2>/dev/null || true  # SysV IPC off: it would outlive a program
-echo 0 > /proc/sys/kernel/msgmni 2>/dev/null || true
-echo "0 0 0 0" > /proc/sys/kernel/sem 2>/dev/null || true
-mount -o remount,ro "$root"
+mount -o remount,bind,ro,nosuid,nodev "$root"
 exec chroot "$root" "$@"
 '''
 
 
-def visible_paths(numpy_dir: str, setpriv: str) -> list[str]:
-    """What a program can see (read-only): shared libraries, Python's prefix, numpy, setpriv, /dev/null."""
-    wanted = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/null",
-              os.path.realpath(sys.base_prefix), numpy_dir, numpy_dir + ".libs", setpriv]
-    wanted = [p for p in dict.fromkeys(wanted) if os.path.lexists(p)]
-    dirs = [p for p in wanted if os.path.isdir(p) and not os.path.islink(p)]
-    # a path inside another bound folder is already there (and that folder is read-only by then)
-    return [p for p in wanted if not any(p != d and p.startswith(d + "/") for d in dirs)]
+def root_layout(setpriv: str) -> list[str]:
+    """SETUP's triples: what a program needs, read-only, and nothing else.
+
+    The interpreter file, its standard library with the package folders inside it hidden, this process's numpy
+    at PACKAGES, setpriv, /dev/null, and the folders of the shared libraries that all of these load (as ldd
+    finds them), reached by the same symlinks as on the host. Libraries inside Python's prefix (a shared
+    libpython) come file by file, so that the prefix shows nothing else."""
+    import numpy
+    numpy_dir = os.path.dirname(os.path.realpath(numpy.__file__))
+    numpy_dirs = [d for d in (numpy_dir, numpy_dir + ".libs") if os.path.isdir(d)]
+    python = os.path.realpath(sys.executable)
+    stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
+    prefix = os.path.realpath(sys.base_prefix)
+    binaries = [python, setpriv, *glob.glob(os.path.join(stdlib, "lib-dynload", "*.so"))]
+    binaries += [p for d in numpy_dirs for p in glob.glob(os.path.join(d, "**", "*.so*"), recursive=True)]
+    files, dirs, links = [python, setpriv, os.path.realpath("/etc/ld.so.cache")], [stdlib], {}
+    for lib in shared_libraries(binaries):
+        real = os.path.realpath(lib)
+        if inside(real, numpy_dirs):
+            continue  # bound with numpy
+        follow_links(lib, links)
+        if inside(real, [prefix]):
+            files.append(real)
+        else:
+            dirs.append(os.path.dirname(real))
+    dirs = sorted(set(dirs))
+    dirs = [d for d in dirs if not inside(d, [other for other in dirs if other != d])]
+    files = [f for f in dict.fromkeys(files) if os.path.isfile(f) and not inside(f, dirs)]
+    layout = [x for d in dirs for x in ("dir", d, d)] + [x for f in files for x in ("file", f, f)]
+    layout += [x for d in numpy_dirs for x in ("dir", d, os.path.join(PACKAGES, os.path.basename(d)))]
+    layout += ["device", "/dev/null", "/dev/null"]
+    layout += [x for path, target in sorted(links.items()) if not inside(path, dirs) for x in ("link", target, path)]
+    return layout + [x for path in package_folders([stdlib, *dirs]) for x in ("hide", "-", path)]
+
+
+def package_folders(folders: list[str]) -> list[str]:
+    """Python's site-packages and dist-packages folders inside these (the stdlib holds one, /usr/lib may)."""
+    found = {p for folder in folders for pattern in ("*-packages", "python3*/*-packages")
+             for p in glob.glob(os.path.join(folder, pattern)) if os.path.isdir(p) and not os.path.islink(p)}
+    return sorted(found)
+
+
+def shared_libraries(binaries: list[str]) -> list[str]:
+    """Paths of the shared libraries the binaries load, the dynamic loader among them, as ldd prints them.
+
+    ldd is a script that starts the loader twice per file; the loader's own --list once is three times faster
+    (a second at each start on a busy machine), so ldd only names the loader, from the first binary."""
+    def run(command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, env=child_env()).stdout
+        except OSError as e:
+            raise SandboxUnavailable(f"{command[0]} failed ({e}): apt-get install libc-bin") from None
+    first = run(["ldd", binaries[0]])
+    loader = re.search(r"^\s+(/\S+) \(0x", first, re.MULTILINE)  # the one line without "name =>"
+    if loader is None:
+        raise SandboxUnavailable(f"ldd names no dynamic loader for {binaries[0]}")
+    rest = run(["/bin/sh", "-c", 'for f; do "$0" --list "$f"; done', loader.group(1), *binaries[1:]])
+    return sorted(set(re.findall(r"(/\S+) \(0x[0-9a-f]+\)", first + rest)))
+
+
+def inside(path: str, folders: list[str]) -> bool:
+    return any(path.startswith(folder + "/") for folder in folders)
+
+
+def follow_links(path: str, links: dict, depth: int = 0) -> str:
+    """The real path of `path`; each symlink met on the way is added to `links` (its path: its target)."""
+    if depth > 40:
+        raise SandboxUnavailable(f"symlink loop at {path}")
+    real = "/"
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        step = os.path.dirname(real) if part == ".." else os.path.join(real, part)
+        if os.path.islink(step):
+            links[step] = os.readlink(step)
+            step = follow_links(os.path.join(real, links[step]), links, depth + 1)
+        real = step
+    return real
 
 
 class WorkerBroken(Exception):
@@ -282,8 +361,8 @@ class Worker:
             raise SandboxUnavailable(why[-1] if why else f"worker did not start (exit {self.proc.returncode})")
 
     def job(self, spec: str, n_inputs: int, limits: Limits) -> list[bytes]:
-        grace = 1.0 + 2 * limits.timeout
-        deadline = time.monotonic() + 10.0 + grace * (n_inputs + 3)  # the worker's own deadlines come first
+        per_line = limits.timeout + KILL_AFTER
+        deadline = time.monotonic() + 10.0 + per_line * (n_inputs + 3)  # the worker's own deadlines come first
         try:
             self.proc.stdin.write(spec.encode() + b"\n")
             self.proc.stdin.flush()
@@ -333,6 +412,10 @@ out = os.fdopen(os.dup(1), "w", buffering=1)  # private result channel: the orig
 null = os.open(os.devnull, os.O_WRONLY)
 os.dup2(null, 1); os.dup2(null, 2)  # program prints (Python or C) go nowhere
 set_limits(spec)
+try:
+    refuse_syscalls()  # where the machine allows it; before the hook, which forbids ctypes
+except OSError:
+    pass
 
 home = os.path.realpath(os.getcwd()) + os.sep
 lib_dirs = [p for p in sys.path if p and os.path.isdir(p)]
@@ -384,10 +467,9 @@ def run_one(source: str, inputs_json: str, n_inputs: int, limits: Limits, **extr
             proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", RUNNER], cwd=home, env=child_env(),
                                     stdin=spec_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     start_new_session=True)  # own process group: killed as a whole
-        try:
-            grace = 1.0 + 2 * limits.timeout  # the in-child timer fires first; this catches one that ignores it
-            lines = read_lines(proc.stdout.fileno(), n_inputs + 2, limits.startup_timeout, grace,
-                               limits.output_bytes + 64)
+        try:  # the in-child timer fires first; the deadline stops a program that blocks or swallows it
+            lines = read_lines(proc.stdout.fileno(), n_inputs + 2, limits.startup_timeout,
+                               limits.timeout + KILL_AFTER, limits.output_bytes + 64)
         finally:
             kill_group(proc)
     return decode_results(lines, n_inputs)

@@ -24,6 +24,9 @@ PROGRAMS = {
     # swallows the in-child timer: only the parent's kill stops it
     "stubborn_loop": ("def transform(g):\n    while True:\n        try:\n            while True:\n                pass\n"
                       "        except BaseException:\n            pass"),
+    # blocks the in-child timer: a call of 1.6 s must fail all the same
+    "slow_alarm_blocked": ("import signal, time\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n"
+                           "def transform(g):\n    time.sleep(1.6)\n    return g"),
     "loop_on_first": "def transform(g):\n    while len(g) == 2:\n        pass\n    return g",
     "memory_bomb": "def transform(g):\n    x = []\n    while True:\n        x.append(bytearray(10**7))",
     "ctypes_segfault": "import ctypes\ndef transform(g):\n    return ctypes.c_char_p(1).value",
@@ -75,10 +78,10 @@ def test_good_programs_return_json_results(results):
     assert res["prints_megabytes"] == INPUTS  # prints are discarded, the result still arrives
 
 
-@pytest.mark.parametrize("name", ["loop", "stubborn_loop", "memory_bomb", "ctypes_segfault", "recursion_crash",
-                                  "os_system", "subprocess", "fork", "kill_parent", "socket", "read_outside",
-                                  "list_outside", "import_project", "raise_limit", "huge_result", "junk_object",
-                                  "junk_nan", "exits", "sys_exit", "syntax_error", "no_entry"])
+@pytest.mark.parametrize("name", ["loop", "stubborn_loop", "slow_alarm_blocked", "memory_bomb", "ctypes_segfault",
+                                  "recursion_crash", "os_system", "subprocess", "fork", "kill_parent", "socket",
+                                  "read_outside", "list_outside", "import_project", "raise_limit", "huge_result",
+                                  "junk_object", "junk_nan", "exits", "sys_exit", "syntax_error", "no_entry"])
 def test_misbehaving_program_gives_none(results, name):
     res, _ = results
     assert res[name] == [None, None]

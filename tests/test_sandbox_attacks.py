@@ -1,15 +1,19 @@
 """Programs written as a policy rewarded for a higher ARC score would write them, against the isolated sandbox.
 
 Every attack is one program scored by the real ArcTask on ARC task 66e6c45b, where returning the input
-unchanged scores 0.5 (half the cells). Each must score 0, or the identity's 0.5 where the attack is harmless
-and the program then returns its input; and nothing may leak out: the parent stays alive with clean output,
-no file appears outside, no process outlives its program. All attacks run as one batch (shared by the tests
-below) so the file stays fast; a few attacks that return what they saw use run_programs directly.
+unchanged scores 0.5 (half the cells). Each must score 0, or at most the identity's 0.5 where the attack is
+harmless and the program then returns its input; and nothing may leak out: the parent stays alive with clean
+output, no file appears outside, no process outlives its program. All attacks run as one batch (shared by the
+tests below) so the file stays fast; a few attacks that return what they saw use run_programs directly: other
+socket families, IPC objects and kernel keys that could reach the next program, new namespaces, what a
+program can see, and a run killed with SIGKILL. docs/sandbox.md maps each attack to what answers it.
 """
+import errno
 import json
 import os
-import shutil
+import site
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,6 +119,11 @@ ATTACKS = {
     "stubborn_busy_loop": ("def transform(grid):\n    while True:\n        try:\n            while True:\n"
                            "                pass\n        except BaseException:\n            pass"),
     "sleep_in_definition": "import time\ntime.sleep(30)\ndef transform(grid):\n    return grid",
+    # calls over the limit whose own timer never fires: only the worker's deadline stops them
+    "slow_calls_alarm_blocked": ("import signal, time\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\n"
+                                 "def transform(grid):\n    time.sleep(1.6)" + RET),
+    "slow_calls_alarm_ignored": ("import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                                 "def transform(grid):\n    time.sleep(1.6)" + RET),
     "billion_char_print": "def transform(grid):\n    print('x' * 10**9)" + RET,
     "print_in_chunks": "import sys\ndef transform(grid):\n    for _ in range(300):\n        print('x' * 10**6)" + RET,
     "sys_exit": "import sys\ndef transform(grid):\n    sys.exit(0)",
@@ -256,12 +265,14 @@ def test_the_identity_score_is_what_the_attacks_are_held_to(attacked):
 @pytest.mark.parametrize("name", [n for n in ATTACKS if n not in ("barc_after_poison", "always_equal_subclass",
                                                                   "always_equal_list")])  # these: tests below
 def test_attack_gains_nothing(attacked, name):
-    assert attacked["scores"][name] in (0.0, IDENTITY_SCORE), attacked["scores"][name]
+    # between the two when a busy machine lets only the first calls of a slow attack finish in time
+    assert 0.0 <= attacked["scores"][name] <= IDENTITY_SCORE, attacked["scores"][name]
 
 
 @pytest.mark.parametrize("name", ["hook_globals_then_arc_data", "read_any_cache_file", "fork_bomb", "thread_bomb",
                                   "ctypes_segfault", "recursion", "alloc_8gb", "busy_loop", "stubborn_busy_loop",
-                                  "sleep_in_definition", "billion_char_print", "sys_exit", "builtins_tampering",
+                                  "sleep_in_definition", "slow_calls_alarm_blocked",
+                                  "slow_calls_alarm_ignored", "billion_char_print", "sys_exit", "builtins_tampering",
                                   "json_tampering", "huge_nested_list", "huge_wide_list", "forged_deep_json_line",
                                   "sysv_shared_memory", "own_namespaces_then_mount_proc", "poison_later_programs"])
 def test_attack_scores_zero(attacked, name):
@@ -315,12 +326,117 @@ def test_what_a_program_can_see():
         del os.environ["MIGRATE_TEST_SECRET"]
     top, env, uid, proc, cache, passwd, code = seen
     assert code is False
-    # a folder named here may show only as the way down to what is bound (numpy of a venv under /tmp, say)
-    bound = sandbox.visible_paths(os.path.dirname(numpy.__file__), shutil.which("setpriv") or "/nonexistent")
-    ways_down = {p.split("/")[1] for p in bound}
+    # a folder named here may show only as the way down to what is bound (an interpreter under /tmp, say)
+    places = sandbox._pool.layout[2::3]
+    ways_down = {p.split("/")[1] for p in places}
     assert not ({"proc", "tmp", "home", "sys", "var", "run"} - ways_down) & set(top)
     assert "MIGRATE_TEST_SECRET" not in env and "HOME" not in env
     assert (proc, cache, passwd) == (False, False, False)
     if os.geteuid() == 0:
         assert uid == sandbox._pool.uid != 0
     assert json.dumps(seen)  # plain data came back
+
+
+# -- what reaches past a program: other socket families, IPC, keys, namespaces; what it sees; a killed run ------
+
+SYSCALL_NUMBERS = {"x86_64": dict(add_key=248, keyctl=250, io_uring_setup=425),  # from the kernel's tables
+                   "aarch64": dict(add_key=217, keyctl=219, io_uring_setup=425)}
+machine = os.uname().machine
+known_machine = pytest.mark.skipif(machine not in SYSCALL_NUMBERS, reason=f"no syscall numbers for {machine}")
+
+
+def run_in_one_worker(sources: list[str], inputs: list) -> list[list]:
+    """Results of the programs, one after another in the same isolated worker (run_programs may use several)."""
+    pool = sandbox._pool
+    limits = sandbox.Limits()
+    worker = pool.idle.get()
+    try:
+        return [sandbox.decode_results(worker.job(sandbox.job_spec(
+            src, json.dumps(inputs), len(inputs), limits, sandbox.MAX_PROCESSES, entry="transform",
+            numpy_entry=None, modules={}), len(inputs), limits), len(inputs)) for src in sources]
+    finally:
+        pool.idle.put(worker)
+
+
+def test_sockets_of_other_families_cannot_be_made():
+    """Creating the socket must fail; nothing here connects, binds or listens."""
+    families = [[socket.AF_INET, socket.SOCK_STREAM], [socket.AF_INET6, socket.SOCK_DGRAM],
+                [16, socket.SOCK_DGRAM], [17, socket.SOCK_DGRAM], [40, socket.SOCK_STREAM]]  # netlink, packet, vsock
+    src = ("import socket\ndef transform(families):\n    made = []\n    for family, kind in families:\n"
+           "        try:\n            socket.socket(family, kind).close()\n            made.append('made')\n"
+           "        except OSError as e:\n            made.append(e.errno)\n"
+           "    a, b = socket.socketpair()\n    return made + [a.family == socket.AF_UNIX]")
+    [[made]] = run_programs([src], [families], sandbox="strict")
+    assert made == [errno.EAFNOSUPPORT] * len(families) + [True]  # AF_UNIX pairs (private to the process) stay
+
+
+@pytest.mark.skipif(machine != "x86_64", reason="the x32 numbering exists on x86_64 only")
+def test_the_x32_numbering_does_not_get_around_the_filter():
+    src = ("import ctypes\ndef transform(g):\n"
+           "    return ctypes.CDLL(None).syscall(0x40000000 | 41, 40, 1, 0)")  # socket(AF_VSOCK) by x32 number
+    assert run_programs([src], [0], sandbox="strict") == [[None]]  # the program is killed, whatever its kernel
+
+
+@known_machine
+def test_queues_keys_and_shared_memory_neither_outlive_a_program_nor_stay_in_the_kernel():
+    nr = SYSCALL_NUMBERS[machine]
+    head = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.syscall.restype = ctypes.c_long\n")
+    make = head + ("def transform(g):\n    return [\n"
+                   "        libc.mq_open(b'/sandbox-probe', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0,\n"
+                   f"        libc.syscall({nr['add_key']}, b'user', b'sandbox-probe', b'x', 1, -4) >= 0,\n"
+                   "        libc.shmget(0x5eed, 4096, 0o1600) >= 0]")  # -4: the user keyring; 0o1000 IPC_CREAT
+    find = head + ("def transform(g):\n    return [\n"
+                   "        libc.mq_open(b'/sandbox-probe', os.O_RDONLY) >= 0,\n"
+                   f"        libc.syscall({nr['keyctl']}, 10, -4, b'user', b'sandbox-probe', 0) >= 0,\n"
+                   "        libc.shmget(0x5eed, 0, 0) >= 0]")  # 10: KEYCTL_SEARCH
+    made, found = run_in_one_worker([make, find], [0])
+    assert found == [[False, False, False]]  # nothing the first program made reached the next one
+    assert made == [[False, False, False]]  # refused outright: there is nothing to clean up after it
+    with open("/proc/key-users") as f:  # the kernel holds no key of the pool's uid (of root's user ns if not root)
+        owners = {int(line.split(":")[0]) for line in f}
+    assert sandbox._pool.uid not in owners or os.geteuid() != 0
+
+
+@known_machine
+def test_new_namespaces_and_io_uring_are_refused_and_threads_still_run():
+    src = ("import ctypes, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "def transform(g):\n    box = []\n    t = threading.Thread(target=box.append, args=(7,))\n"
+           "    refused = [libc.unshare(0x10000000 | 0x08000000) == -1 and ctypes.get_errno(),\n"
+           f"               libc.syscall({SYSCALL_NUMBERS[machine]['io_uring_setup']}, 1, "
+           "ctypes.create_string_buffer(120)) == -1 and ctypes.get_errno()]\n"
+           "    t.start()\n    t.join()\n"
+           "    return box + refused")  # unshare(CLONE_NEWUSER | CLONE_NEWIPC), before any thread
+    assert run_programs([src], [0], sandbox="strict") == [[[7, errno.EPERM, errno.EPERM]]]
+
+
+def test_programs_see_the_stdlib_and_the_hosts_numpy_and_no_other_python_package():
+    base = os.path.realpath(sys.base_prefix)
+    site_dirs = site.getsitepackages([sys.base_prefix]) + ["/usr/lib/python3/dist-packages"]
+    src = ("import os, sys, numpy\ndef transform(paths):\n"
+           "    look = lambda p: sorted(os.listdir(p)) if os.path.isdir(p) else None\n"
+           "    st = os.stat(numpy.__file__)\n"
+           "    return [[st.st_dev, st.st_ino], look(paths[0]), look(paths[0] + '/bin'), [look(p) for p in paths[1:]]]")
+    [[seen]] = run_programs([src], [[base, *site_dirs]], sandbox="strict")
+    numpy_file, top, bin_dir, packages = seen
+    host = os.stat(numpy.__file__)
+    assert numpy_file == [host.st_dev, host.st_ino]  # the very numpy this process imported (a bind keeps inodes)
+    assert set(top) <= {"bin", "lib"} and bin_dir == [os.path.basename(os.path.realpath(sys.executable))]
+    assert all(p in (None, []) for p in packages), packages  # no site-packages or dist-packages to import from
+
+
+def test_a_killed_run_leaves_nothing_behind(tmp_path):
+    """SIGKILL gives no chance to clean up: nothing may need it (no folder in TMPDIR, no worker left running)."""
+    code = ("import sys\nimport tasks.sandbox as s\ns.isolation('strict')\nprint(s._pool.uid, flush=True)\n"
+            "sys.stdin.read()")
+    project = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=dict(os.environ, TMPDIR=str(tmp_path)),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    uid = int(run.stdout.readline())
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while os.geteuid() == 0 and parent_processes_of(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers see their input close and end with their namespaces
+    assert os.geteuid() != 0 or parent_processes_of(uid) == []
+    assert os.listdir(tmp_path) == []
