@@ -2,15 +2,21 @@
 reader with numpy dequantisation, and `load_model`, which turns a Hugging Face folder, a .gguf file or ORG/NAME
 already in the local Hugging Face cache into (Transformer, Tokenizer).
 
+A model either runs as transformers runs it or is refused: load_model first judges the declared architecture
+(config.json's model_type and architectures, GGUF's general.architecture) against SUPPORTED_ARCHITECTURES /
+SUPPORTED_GGUF_ARCHITECTURES, then every setting that changes the forward (model.ModelConfig.from_hf, or the GGUF
+metadata), then the tensor names and shapes in the file headers, and only then reads a weight.
+
 GGUF tensors come back in Hugging Face names and layout: dims reversed (GGUF lists the innermost first), q/k rows
 of Llama files un-permuted (llama.cpp interleaves rotary pairs; HF uses rotate-half), quantised blocks (Q8_0,
 Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) expanded to float32. Every problem a user can cause (missing,
-truncated or foreign files) raises ModelLoadError with one line saying what is wrong and what to do.
+truncated or foreign files, an architecture or setting not implemented) raises ModelLoadError with one line
+saying what is wrong and what to do.
 
 Deliberately left out: writing GGUF; Q2_K, Q3_K, the i-quants and the other ggml block types (a clear error
 names them); big-endian files; lazy/partial loading (the whole model is materialised in memory); downloading
-(a model missing from the cache gets the command that would fetch it); architectures other than
-llama / qwen2 / qwen3, and GGUF Llama-3.1 rope_freqs factors other than the standard llama3 rule.
+(a model missing from the cache gets the command that would fetch it); every architecture outside the two
+tables below (refused by name), and GGUF Llama-3.1 rope_freqs factors other than the standard llama3 rule.
 """
 import json
 import math
@@ -31,6 +37,43 @@ class ModelLoadError(RuntimeError):
     """One-line, actionable message; entry scripts print it without a traceback."""
 
 
+# The decoders this engine runs exactly as transformers does, by the Hugging Face model_type config.json declares:
+# (the architecture class it names, the model families released under it). Refusals list these, and so should
+# the README. model.HF_FAMILIES holds how each one's config.json is read.
+SUPPORTED_ARCHITECTURES = {
+    "llama": ("LlamaForCausalLM", "Llama 3.x, SmolLM2"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2, Qwen2.5"),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3"),
+    "mistral": ("MistralForCausalLM", "Mistral without sliding-window attention"),
+}
+# GGUF general.architecture values read here (llama.cpp writes SmolLM2 as "llama"; also Mixtral, whose experts
+# are refused from the metadata).
+SUPPORTED_GGUF_ARCHITECTURES = {"llama": "Llama 3.x, SmolLM2", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3"}
+
+
+def _hf_list() -> str:
+    return ", ".join(f"{cls} ({names})" for cls, names in SUPPORTED_ARCHITECTURES.values())
+
+
+def _gguf_list() -> str:
+    return ", ".join(f"{arch} ({names})" for arch, names in SUPPORTED_GGUF_ARCHITECTURES.items())
+
+
+def hf_model_type(cfg: dict, where="config.json") -> str:
+    """The supported model_type a config.json declares, judged from `model_type` (what transformers builds by)
+    and `architectures` before any weight is read; anything else raises ModelLoadError naming what it declares
+    and listing what this engine runs."""
+    mtype, archs = cfg.get("model_type"), cfg.get("architectures") or []
+    if mtype is None:  # a hand-written config may name only its class
+        mtype = next((t for t, (cls, _) in SUPPORTED_ARCHITECTURES.items() if archs == [cls]), None)
+    expected = SUPPORTED_ARCHITECTURES.get(mtype, (None,))[0]
+    if expected is None or any(a != expected for a in archs):
+        declared = ", ".join(archs) or "no architecture"
+        raise ModelLoadError(f"{where}: {declared} (model_type {mtype!r}) is not supported; this engine runs "
+                             f"{_hf_list()}")
+    return mtype
+
+
 # ------------------------------------------------------------------------------------------------- safetensors
 
 ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -41,6 +84,22 @@ ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 def read_safetensors(path) -> dict[str, torch.Tensor]:
     """All tensors of one .safetensors file (copied out of a memory map)."""
+    raw, header, base = _safetensors_header(path)
+    out = {}
+    for name, info in header.items():
+        dtype, shape = ST_DTYPES[info["dtype"]], tuple(info["shape"])
+        begin = info["data_offsets"][0]
+        numel = math.prod(shape)
+        if numel == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:
+            out[name] = torch.frombuffer(raw, dtype=dtype, count=numel, offset=base + begin).reshape(shape).clone()
+    return out
+
+
+def _safetensors_header(path) -> tuple[np.ndarray, dict, int]:
+    """(memory map, {name: {dtype, shape, data_offsets}} checked against the file size, where the data starts).
+    Reads only the header: the tensor bytes stay on disk until someone copies them out."""
     path = Path(path)
     try:
         raw = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable for torch, file untouched
@@ -56,23 +115,15 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
         header = json.loads(bytes(raw[8:8 + n]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModelLoadError(f"{path} has no valid safetensors JSON header; it is not a safetensors file") from None
-    base, out = 8 + n, {}
+    header.pop("__metadata__", None)
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         if info.get("dtype") not in ST_DTYPES:
             raise ModelLoadError(f"{path}: tensor {name} has dtype {info.get('dtype')!r}, which is not supported")
-        dtype, shape = ST_DTYPES[info["dtype"]], tuple(info["shape"])
         begin, end = info["data_offsets"]
-        numel = math.prod(shape)
-        if end - begin != numel * dtype.itemsize or base + end > len(raw):
+        if end - begin != math.prod(info["shape"]) * ST_DTYPES[info["dtype"]].itemsize or 8 + n + end > len(raw):
             raise ModelLoadError(f"{path}: tensor {name} lies outside the file or has the wrong size; the file is "
                                  "truncated or corrupt, download it again")
-        if numel == 0:
-            out[name] = torch.empty(shape, dtype=dtype)
-        else:
-            out[name] = torch.frombuffer(raw, dtype=dtype, count=numel, offset=base + begin).reshape(shape).clone()
-    return out
+    return raw, header, 8 + n
 
 
 def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -99,26 +150,43 @@ def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 def read_safetensors_folder(folder) -> dict[str, torch.Tensor]:
     """model.safetensors, or the shards listed in model.safetensors.index.json."""
+    tensors = {}
+    for f in _safetensors_files(folder):
+        tensors.update(read_safetensors(f))
+    _check_index_covered(folder, tensors)
+    return tensors
+
+
+def safetensors_folder_shapes(folder) -> dict[str, tuple]:
+    """{name: shape} of every tensor in the folder's weights, from the headers alone."""
+    shapes = {}
+    for f in _safetensors_files(folder):
+        shapes.update({name: tuple(info["shape"]) for name, info in _safetensors_header(f)[1].items()})
+    _check_index_covered(folder, shapes)
+    return shapes
+
+
+def _safetensors_files(folder) -> list[Path]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        for shard in shards:
             if not (folder / shard).exists():
                 raise ModelLoadError(f"{folder / shard} (listed in {index.name}) is missing; download every shard")
-            tensors.update(read_safetensors(folder / shard))
-        missing = sorted(set(weight_map) - set(tensors))
-        if missing:
-            raise ModelLoadError(f"{index.name} lists {missing[0]} but no shard holds it; download the shards again")
-        return tensors
+        return [folder / shard for shard in shards]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{folder} has no model.safetensors (nor an index of shards); download the weights")
-    tensors = {}
-    for f in files:
-        tensors.update(read_safetensors(f))
-    return tensors
+    return files
+
+
+def _check_index_covered(folder, names) -> None:
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.exists():
+        missing = sorted(set(json.loads(index.read_text())["weight_map"]) - set(names))
+        if missing:
+            raise ModelLoadError(f"{index.name} lists {missing[0]} but no shard holds it; download the shards again")
 
 
 # -------------------------------------------------------------------------------------------------------- GGUF
@@ -301,6 +369,13 @@ class _Reader:
 
 def read_gguf_raw(path) -> tuple[dict, list[tuple[str, tuple, int, np.ndarray]]]:
     """Metadata and (name, shape in torch order, ggml type, raw bytes view) for every tensor."""
+    buf, metadata, infos = read_gguf_header(path)
+    return metadata, gguf_tensor_views(buf, infos, path)
+
+
+def read_gguf_header(path) -> tuple[np.ndarray, dict, list[tuple[str, tuple, int, int]]]:
+    """(memory map, metadata, (name, shape in torch order, ggml type, absolute offset) per tensor). Reads only
+    the header, so a file can be judged by its metadata before any weight is touched."""
     path = Path(path)
     try:
         buf = np.memmap(path, dtype=np.uint8, mode="r")
@@ -325,18 +400,23 @@ def read_gguf_raw(path) -> tuple[dict, list[tuple[str, tuple, int, np.ndarray]]]
         infos.append((name, tuple(reversed(dims)), r.scalar("<I"), r.scalar("<Q")))  # torch order: outermost first
     align = int(metadata.get("general.alignment", 32))
     start = -(-r.pos // align) * align
+    return buf, metadata, [(name, shape, gtype, start + offset) for name, shape, gtype, offset in infos]
+
+
+def gguf_tensor_views(buf: np.ndarray, infos: list, path) -> list[tuple[str, tuple, int, np.ndarray]]:
+    """(name, shape, ggml type, raw bytes view) per tensor of read_gguf_header's list, each checked to lie in the
+    file; the views read nothing until used."""
     tensors = []
-    for name, shape, gtype, offset in infos:
+    for name, shape, gtype, begin in infos:
         if gtype not in GGML_TYPES:
             raise ModelLoadError(f"{path}: tensor {name} has unknown ggml type {gtype}; the file is corrupt or too new")
         _, block, size = GGML_TYPES[gtype]
         nbytes = math.prod(shape) // block * size
-        begin = start + offset
         if begin + nbytes > len(buf):
             raise ModelLoadError(f"{path} is truncated: tensor {name} needs bytes up to {begin + nbytes}, the file "
                                  f"has {len(buf)}; download it again")
         tensors.append((name, shape, gtype, buf[begin:begin + nbytes]))
-    return metadata, tensors
+    return tensors
 
 
 GGUF_LAYER_NAMES = {
@@ -370,6 +450,11 @@ def unpermute(w, n_head: int):
 def read_gguf(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and dequantised float32 tensors in Hugging Face names and layout."""
     metadata, raw = read_gguf_raw(path)
+    return metadata, dequantize_gguf(metadata, raw, path)
+
+
+def dequantize_gguf(metadata: dict, raw: list, path) -> dict[str, torch.Tensor]:
+    """read_gguf_raw's tensors as float32 in Hugging Face names and layout."""
     tensors = {}
     for name, shape, gtype, data in raw:
         try:
@@ -378,7 +463,7 @@ def read_gguf(path) -> tuple[dict, dict[str, torch.Tensor]]:
             raise ModelLoadError(f"{path}: tensor {name}: {e}; pick a file of one of those types") from None
         n_head = _permuted_heads(metadata, name, path)
         tensors[hf_name(name)] = torch.from_numpy(unpermute(w, n_head) if n_head else w)
-    return metadata, tensors
+    return tensors
 
 
 def _permuted_heads(metadata: dict, name: str, path) -> int | None:
@@ -420,10 +505,11 @@ def gguf_4bit_codes(path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def config_from_gguf(metadata: dict, tie_embeddings: bool = True):
-    """ModelConfig from GGUF metadata ({arch}.* keys; SmolLM2's file says arch "llama")."""
+    """ModelConfig from GGUF metadata ({arch}.* keys; SmolLM2's file says arch "llama"). An architecture or a
+    setting this engine does not run raises ModelLoadError; only the header is needed."""
     arch = metadata.get("general.architecture")
-    if arch not in ("llama", "qwen2", "qwen3"):
-        raise ModelLoadError(f"GGUF architecture {arch!r} is not supported (llama, qwen2, qwen3)")
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise ModelLoadError(f"GGUF architecture {arch!r} is not supported; this engine runs GGUF {_gguf_list()}")
 
     def get(key, default=None):
         value = metadata.get(f"{arch}.{key}", default)
@@ -432,14 +518,31 @@ def config_from_gguf(metadata: dict, tie_embeddings: bool = True):
         return value
 
     dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", dim // n_heads))
+    _refuse_gguf_features(metadata, arch, head_dim)
     vocab = metadata.get(f"{arch}.vocab_size") or len(metadata.get("tokenizer.ggml.tokens", []))
     return ModelConfig(
         vocab_size=int(vocab), dim=dim, n_layers=int(get("block_count")), n_heads=n_heads,
-        n_kv_heads=int(get("attention.head_count_kv", n_heads)),
-        head_dim=int(get("attention.key_length", dim // n_heads)), ffn_dim=int(get("feed_forward_length")),
+        n_kv_heads=int(get("attention.head_count_kv", n_heads)), head_dim=head_dim,
+        ffn_dim=int(get("feed_forward_length")),
         rope_theta=f32(get("rope.freq_base", 10000.0)), rms_eps=f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_seq_len=int(get("context_length", 2048)), tie_embeddings=tie_embeddings,
         qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+
+
+def _refuse_gguf_features(metadata: dict, arch: str, head_dim: int) -> None:
+    """ModelLoadError for llama.cpp settings of a supported architecture that this engine does not implement:
+    experts (Mixtral is written as "llama"), a rope scaling rule in the metadata, rotation of part of a head."""
+    if metadata.get(f"{arch}.expert_count"):
+        raise ModelLoadError(f"GGUF {arch} with {metadata[f'{arch}.expert_count']} experts (a mixture of experts) "
+                             "is not supported; pick a dense model")
+    scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
+    if scaling != "none":
+        raise ModelLoadError(f"GGUF rope scaling {scaling!r} is not supported (plain rope, or Llama 3.1's "
+                             "rope_freqs factors)")
+    rotary = metadata.get(f"{arch}.rope.dimension_count", head_dim)
+    if rotary != head_dim:
+        raise ModelLoadError(f"GGUF rope over {rotary} of {head_dim} head dimensions is not supported")
 
 
 def f32(x) -> float:
@@ -530,50 +633,67 @@ def hf_cache_snapshot(repo_id: str) -> Path:
 
 
 def _hf_folder(path: Path):
-    if not (path / "config.json").exists():
+    """Config, tokenizer and tensor names are all checked before a weight is read."""
+    config = path / "config.json"
+    if not config.exists():
         raise ModelLoadError(f"{path} has no config.json; it is not a Hugging Face model folder")
     try:
-        cfg = ModelConfig.from_hf(json.loads((path / "config.json").read_text()))
-    except (ValueError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path / 'config.json'}: {e}") from None
+        declared = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config} is not valid JSON ({e}); download it again") from None
+    family = hf_model_type(declared, config)
+    try:
+        cfg = ModelConfig.from_hf({**declared, "model_type": family})
+    except ValueError as e:
+        raise ModelLoadError(f"{config}: {SUPPORTED_ARCHITECTURES[family][0]}: {e}") from None
     if not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path} has no tokenizer.json; download it with the weights")
     try:
         tok = Tokenizer.from_files(path / "tokenizer.json", path / "tokenizer_config.json")
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path / 'tokenizer.json'}: {e}") from None
+    _check_tensors(cfg, safetensors_folder_shapes(path), path)
     return cfg, read_safetensors_folder(path), tok
 
 
 def _gguf_file(path: Path):
-    metadata, tensors = read_gguf(path)
-    cfg = config_from_gguf(metadata, tie_embeddings="lm_head.weight" not in tensors)
-    factors = tensors.pop("rope_freqs.weight", None)
-    if factors is not None:
-        cfg = replace(cfg, rope_scaling=llama3_scaling_from_factors(factors, cfg))
+    """Architecture, settings and tensor names come from the header; weights are dequantised only after."""
+    buf, metadata, infos = read_gguf_header(path)
+    shapes = {hf_name(name): shape for name, shape, _, _ in infos}
+    cfg = config_from_gguf(metadata, tie_embeddings="lm_head.weight" not in shapes)
+    _check_tensors(cfg, {k: v for k, v in shapes.items() if k != "rope_freqs.weight"}, path)
     try:
         tok = Tokenizer.from_gguf(metadata)
     except (ValueError, KeyError) as e:
         raise ModelLoadError(f"{path}: tokenizer: {e}") from None
+    tensors = dequantize_gguf(metadata, gguf_tensor_views(buf, infos, path), path)
+    factors = tensors.pop("rope_freqs.weight", None)
+    if factors is not None:
+        cfg = replace(cfg, rope_scaling=llama3_scaling_from_factors(factors, cfg))
     return cfg, tensors, tok
 
 
-def _build(cfg, tensors: dict[str, torch.Tensor], path: Path, device, dtype):
-    with torch.device("meta"):  # shapes only: no random init to throw away (gigabytes at 8B)
-        model = Transformer(cfg)
-    own = model.state_dict()
-    expected = set(own)
+def _check_tensors(cfg, shapes: dict[str, tuple], path: Path) -> None:
+    """ModelLoadError unless the checkpoint holds exactly the tensors, of the shapes, that cfg implies."""
+    with torch.device("meta"):  # shapes only
+        own = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
     optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    missing = sorted(expected - set(tensors) - optional)
-    unexpected = sorted(k for k in set(tensors) - expected if not k.endswith("rotary_emb.inv_freq"))
+    missing = sorted(set(own) - set(shapes) - optional)
+    unexpected = sorted(k for k in set(shapes) - set(own) if not k.endswith("rotary_emb.inv_freq"))
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {unexpected[0]}"
         raise ModelLoadError(f"{path} {what} ({len(missing)} missing, {len(unexpected)} unexpected); "
-                             "it does not match its config or is not a Llama/Qwen decoder")
-    for k in expected & set(tensors):
-        want = tuple(own[k].shape)
-        if tuple(tensors[k].shape) != want:
-            raise ModelLoadError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, the config implies {want}")
+                             "its weights do not match its config")
+    for k in set(own) & set(shapes):
+        if tuple(shapes[k]) != own[k]:
+            raise ModelLoadError(f"{path}: {k} has shape {tuple(shapes[k])}, the config implies {own[k]}")
+
+
+def _build(cfg, tensors: dict[str, torch.Tensor], path: Path, device, dtype):
+    """The model on cfg with the checkpoint's tensors (already checked by _check_tensors) assigned in place."""
+    with torch.device("meta"):  # shapes only: no random init to throw away (gigabytes at 8B)
+        model = Transformer(cfg)
+    expected = set(model.state_dict())
     model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False, assign=True)
     if cfg.tie_embeddings:  # assign gave the head its own Parameter object; make it the embedding's again
         model.lm_head.weight = model.model.embed_tokens.weight

@@ -2,7 +2,9 @@
 
 What is here: RMSNorm, rotary embeddings in the Hugging Face "rotate half" layout (with the optional Llama-3
 frequency rescaling), grouped-query attention through F.scaled_dot_product_attention, a SwiGLU MLP, a tied or
-untied output head, optional q/k/v biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3).
+untied output head, optional q/k/v biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3); that is
+Llama, Mistral (without a sliding window), Qwen2 and Qwen3, whose config.json ModelConfig.from_hf reads as
+transformers does, refusing any setting it does not implement.
 Parameter names are exactly those of Hugging Face's LlamaForCausalLM, so an HF state dict loads as is.
 The forward pass can read and write a preallocated KV cache (`KVCache`) at explicit slots; the sampler owns the
 cache policy (padding, masks, which slots). LoRA: `LoRALinear` keeps the frozen base weight under its original
@@ -51,34 +53,101 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "ModelConfig":
-        """Read a Hugging Face config.json dict (Llama, Qwen2, Qwen3, SmolLM2)."""
-        if "text_config" in cfg:  # multimodal wrappers keep the decoder's settings one level down
-            cfg = cfg["text_config"]
+        """Read a Hugging Face config.json of a Llama, Mistral, Qwen2 or Qwen3 decoder (its `model_type`) as
+        transformers reads it: that family's defaults for absent fields, rope settings in either layout. A setting
+        this model does not implement raises ValueError naming it, so nothing is silently run differently."""
+        family = cfg.get("model_type")
+        if family not in HF_FAMILIES:
+            raise ValueError(f"model_type {family!r} is not one of {', '.join(HF_FAMILIES)}")
+        defaults = HF_FAMILIES[family]
         try:
-            n_heads = cfg["num_attention_heads"]
-            dim = cfg["hidden_size"]
-            mtype = cfg.get("model_type", "llama")
-            scaling = cfg.get("rope_scaling")
-            if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
-                scaling = None
-            return cls(
-                vocab_size=cfg["vocab_size"],
-                dim=dim,
-                n_layers=cfg["num_hidden_layers"],
-                n_heads=n_heads,
-                n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-                head_dim=cfg.get("head_dim") or dim // n_heads,
-                ffn_dim=cfg["intermediate_size"],
-                rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                qkv_bias=bool(cfg.get("attention_bias", False)) or mtype == "qwen2",
-                qk_norm=mtype == "qwen3",
-                rope_scaling=scaling,
-            )
+            n_heads, dim = cfg["num_attention_heads"], cfg["hidden_size"]
+            vocab, n_layers, ffn = cfg["vocab_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
         except KeyError as e:
-            raise ValueError(f"config.json lacks {e.args[0]!r}; is it a Llama/Qwen-style decoder config?") from None
+            raise ValueError(f"config.json lacks {e.args[0]!r}; is it a decoder's config?") from None
+        n_kv = cfg.get("num_key_value_heads", defaults["num_key_value_heads"]) or n_heads  # null means n_heads
+        head_dim = cfg.get("head_dim") or defaults["head_dim"] or dim // n_heads
+        max_pos = int(cfg.get("max_position_embeddings") or defaults["max_position_embeddings"])
+        _refuse_unimplemented(cfg, family, max_pos)
+        theta, scaling = _hf_rope(cfg, max_pos)
+        return cls(vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+                   head_dim=head_dim, ffn_dim=ffn, rope_theta=theta, rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   max_seq_len=max_pos, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                   qkv_bias=family == "qwen2", qk_norm=family == "qwen3", rope_scaling=scaling)
+
+
+# The Hugging Face families this model runs exactly, by config.json `model_type`, with the defaults transformers'
+# config class of each fills in for an absent field (head_dim None: hidden_size / num_attention_heads; sliding
+# window: the class default, which Qwen applies only with use_sliding_window). Every family defaults to
+# rms_norm_eps 1e-6, rope_theta 10000, untied embeddings and silu. Their layouts differ only in the q/k/v biases
+# (Qwen2 always), the per-head q/k norms (Qwen3), and the biases Llama's attention_bias / mlp_bias and Qwen3's
+# attention_bias would add, which are refused.
+HF_FAMILIES = {
+    "llama": dict(num_key_value_heads=None, head_dim=None, max_position_embeddings=2048, sliding_window=None),
+    "mistral": dict(num_key_value_heads=8, head_dim=None, max_position_embeddings=131072, sliding_window=4096),
+    "qwen2": dict(num_key_value_heads=32, head_dim=None, max_position_embeddings=32768, sliding_window=4096),
+    "qwen3": dict(num_key_value_heads=32, head_dim=128, max_position_embeddings=32768, sliding_window=4096),
+}
+
+
+def _refuse_unimplemented(cfg: dict, family: str, max_pos: int) -> None:
+    """ValueError for a setting of `family` that changes transformers' forward and that this model lacks."""
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):  # transformers maps both names to SiLU
+        raise ValueError(f"hidden_act {act!r} is not supported (only silu)")
+    if family in ("llama", "qwen3") and cfg.get("attention_bias"):
+        raise ValueError("attention_bias (biases on q/k/v/o projections) is not supported")
+    if family == "llama" and cfg.get("mlp_bias"):
+        raise ValueError("mlp_bias (biases on the MLP projections) is not supported")
+    window = _active_sliding_window(cfg, family, max_pos)
+    if window:
+        raise ValueError(f"sliding-window attention (window {window} < context {max_pos}) is not supported")
+
+
+def _active_sliding_window(cfg: dict, family: str, max_pos: int) -> int | None:
+    """The attention window transformers would apply to some layer, or None. A window at least as long as the
+    context never masks anything within it, so it counts as none."""
+    window = cfg.get("sliding_window", HF_FAMILIES[family]["sliding_window"])
+    if family in ("qwen2", "qwen3"):  # Qwen uses the window only when asked, on the layers layer_types marks
+        window = window if cfg.get("use_sliding_window", False) else None
+        first = cfg.get("max_window_layers", 28)
+        types = cfg.get("layer_types") or ["sliding_attention" if window is not None and i >= first
+                                           else "full_attention" for i in range(cfg["num_hidden_layers"])]
+        if any(t not in ("full_attention", "sliding_attention") for t in types):
+            raise ValueError(f"layer_types {sorted(set(types))} are not supported (only full_attention)")
+        if "sliding_attention" not in types:
+            return None
+        if window is None:
+            raise ValueError("layer_types asks for sliding_attention without a sliding_window; not supported")
+    elif family == "llama":  # LlamaForCausalLM has no window, whatever the config says
+        return None
+    return window if window is not None and window < max_pos else None
+
+
+def _hf_rope(cfg: dict, max_pos: int) -> tuple[float, dict | None]:
+    """(rope_theta, llama3 scaling or None) from either layout: transformers 5's rope_parameters, or the older
+    top-level rope_theta beside rope_scaling (which wins when both are there, as in transformers)."""
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    if any(isinstance(v, dict) for v in params.values()):
+        raise ValueError(f"per-layer rope parameters ({', '.join(params)}) are not supported")
+    theta = float(params.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+    partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
+    if partial is not None and partial != 1:
+        raise ValueError(f"partial_rotary_factor {partial} is not supported (rotary over the whole head only)")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise ValueError(f"rope type {kind!r} is not supported (default or llama3)")
+    try:
+        scaling = {"rope_type": "llama3", "factor": params["factor"], "low_freq_factor": params["low_freq_factor"],
+                   "high_freq_factor": params["high_freq_factor"]}
+    except KeyError as e:
+        raise ValueError(f"llama3 rope settings lack {e.args[0]!r}") from None
+    # transformers takes the pretraining context from a top-level field first, then the dict, then the context
+    scaling["original_max_position_embeddings"] = cfg.get(
+        "original_max_position_embeddings", params.get("original_max_position_embeddings", max_pos))
+    return theta, scaling
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:

@@ -304,10 +304,11 @@ def test_gguf_errors(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ModelLoadError, match=message):
             load_model(str(tmp_path / name))
-    tensors = gguf_tensors_of(model)
-    name, shape, _, _ = tensors[0]
-    tensors[0] = (name, (shape[0], 256), 11, b"\0" * (shape[0] * 110))  # a Q3_K tensor
-    write_gguf(tmp_path / "q3k.gguf", gguf_metadata(model.cfg), tensors)
+    wide = tiny_model(seed=2, dim=256, head_dim=64)  # rows of 256, as K-quants need
+    tensors = [t for t in gguf_tensors_of(wide) if t[0] != "token_embd.weight"]
+    V = wide.cfg.vocab_size
+    tensors.append(("token_embd.weight", (V, 256), 11, b"\0" * (V * 110)))  # a Q3_K tensor
+    write_gguf(tmp_path / "q3k.gguf", gguf_metadata(wide.cfg), tensors)
     with pytest.raises(ModelLoadError, match="Q3_K"):
         load_model(str(tmp_path / "q3k.gguf"))
     (tmp_path / "weights.bin").write_bytes(b"x")

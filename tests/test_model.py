@@ -1,4 +1,5 @@
-"""Tests for model.py: logits pinned to Hugging Face, config parsing, rope scaling, KV cache, LoRA."""
+"""Tests for model.py: logits pinned to Hugging Face, config.json reading (both rope layouts, each family's
+defaults, refusals), rope scaling, KV cache, LoRA."""
 import math
 
 import pytest
@@ -96,11 +97,89 @@ def test_from_hf_configs():
 
 def test_bad_configs_raise_clear_errors():
     with pytest.raises(ValueError, match="hidden_size"):
-        ModelConfig.from_hf({"num_attention_heads": 4})
+        ModelConfig.from_hf({"model_type": "llama", "num_attention_heads": 4})
+    with pytest.raises(ValueError, match="model_type 'gemma' is not one of llama, mistral, qwen2, qwen3"):
+        ModelConfig.from_hf({"model_type": "gemma", **SIZES})
     with pytest.raises(ValueError, match="multiple"):
         tiny_config(n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="yarn"):
         tiny_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})
+
+
+# The smallest config.json each family accepts; everything else is the family's default.
+# 64 query heads: a multiple of every family's default number of kv heads, and distinct from each.
+SIZES = dict(vocab_size=50, hidden_size=256, num_hidden_layers=2, num_attention_heads=64, intermediate_size=96)
+LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}
+
+
+def test_from_hf_reads_both_rope_layouts():
+    """transformers 5 writes rope_parameters (theta inside); older files have rope_theta beside rope_scaling."""
+    new = ModelConfig.from_hf({"model_type": "llama", **SIZES, "rope_parameters": {"rope_theta": 5e5, **LLAMA3}})
+    old = ModelConfig.from_hf({"model_type": "llama", **SIZES, "rope_theta": 5e5, "rope_scaling": LLAMA3})
+    assert new == old and new.rope_theta == 5e5 and new.rope_scaling == LLAMA3
+    plain = ModelConfig.from_hf({"model_type": "qwen2", **SIZES,
+                                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+    assert plain.rope_theta == 1e6 and plain.rope_scaling is None
+    assert ModelConfig.from_hf({"model_type": "llama", **SIZES, "rope_scaling": None}).rope_theta == 10000.0
+    # transformers: rope_scaling wins over rope_parameters, a theta inside the dict over one beside it, and the
+    # llama3 pretraining context defaults to max_position_embeddings; the old key "type" names the rule too
+    both = ModelConfig.from_hf({"model_type": "llama", **SIZES, "rope_theta": 7.0, "rope_scaling": {"rope_theta": 9.0},
+                                "rope_parameters": {"rope_theta": 8.0}})
+    assert both.rope_theta == 9.0
+    short = {k: v for k, v in LLAMA3.items() if k not in ("original_max_position_embeddings", "rope_type")}
+    ctx = ModelConfig.from_hf({"model_type": "llama", **SIZES, "max_position_embeddings": 4096,
+                               "rope_parameters": {"type": "llama3", **short}})
+    assert ctx.rope_scaling["original_max_position_embeddings"] == 4096
+
+
+def test_from_hf_fills_each_familys_defaults():
+    """Absent fields take the defaults of transformers 5.24's config classes (read from their source)."""
+    llama, qwen2, qwen3 = (ModelConfig.from_hf({"model_type": t, **SIZES}) for t in ("llama", "qwen2", "qwen3"))
+    mistral = ModelConfig.from_hf({"model_type": "mistral", **SIZES, "sliding_window": None})  # default 4096
+    assert (llama.n_kv_heads, mistral.n_kv_heads, qwen2.n_kv_heads, qwen3.n_kv_heads) == (64, 8, 32, 32)
+    assert (llama.head_dim, mistral.head_dim, qwen2.head_dim, qwen3.head_dim) == (4, 4, 4, 128)
+    assert (llama.max_seq_len, qwen2.max_seq_len) == (2048, 32768)
+    for cfg in (llama, qwen2, qwen3):
+        assert cfg.rms_eps == 1e-6 and not cfg.tie_embeddings and cfg.rope_theta == 10000.0
+    assert qwen2.qkv_bias and not qwen3.qkv_bias and qwen3.qk_norm and not llama.qkv_bias
+    # an explicit null means "as many as the query heads" in every family
+    assert ModelConfig.from_hf({"model_type": "qwen2", **SIZES, "num_key_value_heads": None}).n_kv_heads == 64
+    # Qwen2's attention ignores attention_bias (its q/k/v always have biases, its o never)
+    assert ModelConfig.from_hf({"model_type": "qwen2", **SIZES, "attention_bias": False}).qkv_bias
+
+
+@pytest.mark.parametrize("family,extra,message", [
+    ("llama", {"hidden_act": "gelu_pytorch_tanh"}, "hidden_act 'gelu_pytorch_tanh'"),
+    ("llama", {"attention_bias": True}, "attention_bias"),
+    ("qwen3", {"attention_bias": True}, "attention_bias"),
+    ("llama", {"mlp_bias": True}, "mlp_bias"),
+    ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+    ("qwen2", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
+    ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope type 'dynamic'"),
+    ("llama", {"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
+    ("llama", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ("llama", {"rope_parameters": {"full_attention": {"rope_theta": 1e6}}}, "per-layer rope"),
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "lack 'low_freq_factor'"),
+    ("mistral", {}, r"sliding-window attention \(window 4096 < context 131072\)"),  # MistralConfig's default
+    ("mistral", {"sliding_window": 4096, "max_position_embeddings": 32768}, "sliding-window"),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}, "window 8"),
+    ("qwen3", {"layer_types": ["full_attention", "sliding_attention"], "use_sliding_window": True}, "window 4096"),
+    ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "chunked_attention"),
+])
+def test_from_hf_refuses_what_the_model_does_not_implement(family, extra, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_hf({"model_type": family, **SIZES, **extra})
+
+
+def test_from_hf_accepts_windows_that_never_apply():
+    """A window no shorter than the context masks nothing inside it; Qwen applies one only when asked to."""
+    ModelConfig.from_hf({"model_type": "mistral", **SIZES, "sliding_window": None})
+    ModelConfig.from_hf({"model_type": "mistral", **SIZES, "sliding_window": 32768, "max_position_embeddings": 32768})
+    ModelConfig.from_hf({"model_type": "qwen2", **SIZES, "sliding_window": 131072, "use_sliding_window": False,
+                         "max_window_layers": 0})
+    ModelConfig.from_hf({"model_type": "qwen3", **SIZES, "use_sliding_window": True, "max_window_layers": 2})
+    ModelConfig.from_hf({"model_type": "llama", **SIZES, "sliding_window": 16})  # LlamaForCausalLM ignores it
 
 
 def test_parameter_names_and_tied_head_loading():

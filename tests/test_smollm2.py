@@ -10,13 +10,15 @@ reference environment (`/tmp/refenv/bin/python tests/golden/make_golden.py`):
 """
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import assets
-from checkpoint import load_model, read_gguf_raw
+from checkpoint import config_from_gguf, load_model, read_gguf_raw
+from model import ModelConfig
 from tokenizer import LLAMA3_PATTERN, Tokenizer
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2.json").read_text(encoding="utf-8"))
@@ -46,6 +48,18 @@ def test_config_matches_published_model(smollm2):
     cfg = smollm2[0].cfg
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim) == (30, 576, 9, 3, 64, 1536)
     assert (cfg.vocab_size, cfg.rope_theta, cfg.rms_eps, cfg.tie_embeddings) == (49152, 100000.0, 1e-5, True)
+
+
+def test_config_as_transformers_5_resaves_it_reads_the_same(metadata):
+    """SmolLM2's config.json as transformers 5.24 writes it after reading this GGUF (rope_theta under
+    rope_parameters; tests/golden/families.json, made by tests/golden/make_families.py) describes the same model
+    as the GGUF: same rope, sizes and head. Its rms_norm_eps is the float32 1e-5 widened to float64."""
+    resaved = json.loads((Path(__file__).parent / "golden" / "families.json").read_text())["smollm2_gguf_config"]
+    assert "rope_theta" not in resaved and resaved["rope_parameters"]["rope_theta"] == 100000.0
+    from_gguf = config_from_gguf(metadata)
+    from_hf = ModelConfig.from_hf(resaved)
+    assert abs(from_hf.rms_eps - from_gguf.rms_eps) < 1e-12
+    assert replace(from_hf, rms_eps=from_gguf.rms_eps) == from_gguf
 
 
 def test_token_ids_match_reference(smollm2):
