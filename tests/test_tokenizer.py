@@ -1,12 +1,12 @@
 """Tokenizer tests on tiny hand-built vocabularies (no assets): byte map, regex translation, merge order,
-special tokens, digit splitting, tokenizer.json / GGUF-metadata loading, chat formats."""
+special tokens, digit splitting, tokenizer.json / GGUF-metadata loading, SentencePiece refused, the fallback chat
+layouts (templates themselves: test_chat_template.py)."""
 import json
 import re
 
 import pytest
 
-from tokenizer import (GPT2_PATTERN, LLAMA3_PATTERN, PreTokenizer, Tokenizer, bytes_to_unicode,
-                       default_system_of, translate_regex)
+from tokenizer import GPT2_PATTERN, LLAMA3_PATTERN, PreTokenizer, Tokenizer, bytes_to_unicode, translate_regex
 
 B2U = bytes_to_unicode()
 
@@ -129,25 +129,57 @@ def test_from_gguf_metadata_llama3():
     assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n{")
     assert tok.encode(text)[:2] == [257, 259]
+    assert 260 in Tokenizer.from_gguf({**meta, "tokenizer.ggml.eot_token_id": 260}).eos_ids
     with pytest.raises(ValueError, match="pre-tokenizer"):
         Tokenizer.from_gguf({**meta, "tokenizer.ggml.pre": "mystery"})
 
 
-def test_chatml_format_and_default_system():
-    tok = tiny(added={"<|im_start|>": 300, "<|im_end|>": 301}, default_system="Be nice.")
+def test_chatml_fallback_layout():
+    tok = tiny(added={"<|im_start|>": 300, "<|im_end|>": 301})
     msgs = [{"role": "user", "content": "Hi"}]
-    assert tok.chat(msgs, assistant_prefix='{"') == ("<|im_start|>system\nBe nice.<|im_end|>\n"
-                                                     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n{\"")
+    assert tok.chat(msgs, assistant_prefix='{"') == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n{\""
     own = [{"role": "system", "content": "S"}, *msgs]
     assert tok.chat(own, add_generation_prompt=False) == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    assert tok.end_of_turn == 301 and tok.eos_ids == {301}
     with pytest.raises(ValueError, match="role"):
         tok.chat([{"content": "no role"}])
+    with pytest.raises(ValueError, match="assistant_prefix"):
+        tok.chat(msgs, add_generation_prompt=False, assistant_prefix="{")
 
 
-def test_default_system_extracted_from_template():
-    smol = ("{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n'"
-            " }}{% endif %}")
-    qwen = "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}"
-    assert default_system_of(smol) == "You are SmolLM"
-    assert default_system_of(qwen) == "You are Qwen."
-    assert default_system_of("{{ '<|im_start|>' + message['role'] }}") is None
+def sentencepiece_json(**changes) -> dict:
+    """A Llama 2 style tokenizer.json: BPE over '▁'-marked words with byte fallback."""
+    spec = {"model": {"type": "BPE", "vocab": {"<unk>": 0, "▁": 1, "a": 2, "▁a": 3}, "merges": ["▁ a"],
+                      "byte_fallback": True},
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                               {"type": "Replace", "pattern": {"String": " "},
+                                                                "content": "▁"}]},
+            "pre_tokenizer": None, "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}}
+    spec.update(changes)
+    return spec
+
+
+@pytest.mark.parametrize("spec", [
+    sentencepiece_json(),  # Llama 2, Mistral v1, Phi-3, Gemma
+    sentencepiece_json(normalizer=None, pre_tokenizer={"type": "Metaspace", "replacement": "▁",
+                                                       "prepend_scheme": "first", "split": False}),
+    sentencepiece_json(model={"type": "Unigram", "vocab": [["<unk>", 0.0], ["▁a", -1.0]], "unk_id": 0})])
+def test_sentencepiece_tokenizer_json_is_refused_by_name(tmp_path, spec):
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="SentencePiece tokenizers are not supported") as e:
+        Tokenizer.from_files(tmp_path / "tokenizer.json")
+    assert "\n" not in str(e.value)
+
+
+def test_sentencepiece_model_file_and_gguf_are_refused_by_name(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\x0b")
+    with pytest.raises(ValueError, match="SentencePiece tokenizers are not supported"):
+        Tokenizer.from_folder(tmp_path)
+    with pytest.raises(ValueError, match="SentencePiece tokenizers are not supported"):
+        Tokenizer.from_gguf({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "▁a"]})
+    (tmp_path / "tokenizer.model").unlink()
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        Tokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
+    with pytest.raises(ValueError, match="only byte-level BPE.*WordPiece"):
+        Tokenizer.from_folder(tmp_path)
