@@ -209,16 +209,18 @@ def no_dumping() -> None:
 
 # What no program needs, and where each leads past its sandbox: sockets other than AF_UNIX (a network namespace
 # does not cover every family: vsock reaches the host); POSIX message queues, SysV IPC and kernel keys (they
-# outlive the process that made them, keys even the namespaces); new namespaces (each a fresh kernel surface);
-# io_uring (its operations bypass this filter). Numbers from the kernel's syscall tables, per architecture.
+# outlive the process that made them, keys even the namespaces); new namespaces, bpf, perf events and
+# userfaultfd (kernel surface that exploits go through); io_uring (its operations bypass this filter).
+# Numbers from the kernel's syscall tables, per architecture.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 SYSCALLS = {  # name: (x86_64, aarch64)
     "socket": (41, 198), "socketpair": (53, 199), "clone": (56, 220), "clone3": (435, 435),
     "unshare": (272, 97), "setns": (308, 268), "mq_open": (240, 180), "shmget": (29, 194), "semget": (64, 190),
     "msgget": (68, 186), "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
-    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427)}
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282)}
 REFUSED = ("unshare", "setns", "mq_open", "shmget", "semget", "msgget", "add_key", "request_key", "keyctl",
-           "io_uring_setup", "io_uring_enter", "io_uring_register")
+           "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open", "userfaultfd")
 CLONE_NEW_ANY = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 X32_BIT = 0x40000000  # x86_64's second numbering (the x32 ABI) would get around a filter of the first
 

@@ -339,8 +339,9 @@ def test_what_a_program_can_see():
 
 # -- what reaches past a program: other socket families, IPC, keys, namespaces; what it sees; a killed run ------
 
-SYSCALL_NUMBERS = {"x86_64": dict(add_key=248, keyctl=250, io_uring_setup=425),  # from the kernel's tables
-                   "aarch64": dict(add_key=217, keyctl=219, io_uring_setup=425)}
+SYSCALL_NUMBERS = {  # from the kernel's tables
+    "x86_64": dict(add_key=248, keyctl=250, io_uring_setup=425, perf_event_open=298, userfaultfd=323),
+    "aarch64": dict(add_key=217, keyctl=219, io_uring_setup=425, perf_event_open=241, userfaultfd=282)}
 machine = os.uname().machine
 known_machine = pytest.mark.skipif(machine not in SYSCALL_NUMBERS, reason=f"no syscall numbers for {machine}")
 
@@ -399,15 +400,18 @@ def test_queues_keys_and_shared_memory_neither_outlive_a_program_nor_stay_in_the
 
 
 @known_machine
-def test_new_namespaces_and_io_uring_are_refused_and_threads_still_run():
+def test_new_namespaces_io_uring_and_perf_events_are_refused_and_threads_still_run():
+    nr = SYSCALL_NUMBERS.get(machine, {})
+    calls = ["libc.unshare(0x10000000 | 0x08000000)",  # CLONE_NEWUSER | CLONE_NEWIPC, before any thread
+             f"libc.syscall({nr['io_uring_setup']}, 1, ctypes.create_string_buffer(120))",
+             f"libc.syscall({nr['perf_event_open']}, ctypes.create_string_buffer(128), 0, -1, -1, 0)",
+             f"libc.syscall({nr['userfaultfd']}, 1)"]  # UFFD_USER_MODE_ONLY
     src = ("import ctypes, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-           "def transform(g):\n    box = []\n    t = threading.Thread(target=box.append, args=(7,))\n"
-           "    refused = [libc.unshare(0x10000000 | 0x08000000) == -1 and ctypes.get_errno(),\n"
-           f"               libc.syscall({SYSCALL_NUMBERS[machine]['io_uring_setup']}, 1, "
-           "ctypes.create_string_buffer(120)) == -1 and ctypes.get_errno()]\n"
-           "    t.start()\n    t.join()\n"
-           "    return box + refused")  # unshare(CLONE_NEWUSER | CLONE_NEWIPC), before any thread
-    assert run_programs([src], [0], sandbox="strict") == [[[7, errno.EPERM, errno.EPERM]]]
+           "def transform(g):\n    box = []\n"
+           "    refused = [" + ", ".join(f"{call} == -1 and ctypes.get_errno()" for call in calls) + "]\n"
+           "    t = threading.Thread(target=box.append, args=(7,))\n    t.start()\n    t.join()\n"
+           "    return box + refused")
+    assert run_programs([src], [0], sandbox="strict") == [[[7] + [errno.EPERM] * len(calls)]]
 
 
 def test_programs_see_the_stdlib_and_the_hosts_numpy_and_no_other_python_package():
