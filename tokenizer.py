@@ -48,6 +48,8 @@ GGUF_PRE = {
     "llama-bpe": (False, LLAMA3_PATTERN, True), "llama3": (False, LLAMA3_PATTERN, True),
     "qwen2": (False, QWEN2_PATTERN, False), "deepseek-r1-qwen": (False, QWEN2_PATTERN, False),
 }
+# The normaliser of the published tokenizer.json of a GGUF pre-tokenizer family (Qwen2's is NFC; GGUF keeps none).
+GGUF_NORMALIZER = {"qwen2": "NFC", "deepseek-r1-qwen": "NFC"}
 # GGUF `tokenizer.ggml.model` values that name SentencePiece vocabularies (llama.cpp: SPM and Unigram).
 GGUF_SENTENCEPIECE = ("llama", "t5")
 # Unicode White_Space (what \s means in the reference regex engine).
@@ -251,10 +253,13 @@ class Tokenizer:
         return raw.decode("utf-8", errors="replace")  # only a partial multi-byte sequence can be replaced
 
     # ------------------------------------------------------------------------------------------------- chat
-    def chat(self, messages: list[dict], add_generation_prompt=True, assistant_prefix="", **variables) -> str:
+    def chat(self, messages: list[dict], add_generation_prompt=True, assistant_prefix="", today: datetime | None = None,
+             **variables) -> str:
         """The prompt text for a conversation, as the model's template writes it; `assistant_prefix` starts the
         assistant's answer (e.g. '{"') after the generation prompt. `variables` reach the template as
-        apply_chat_template's extra keyword arguments do (date_string="26 Jul 2024", enable_thinking=False)."""
+        apply_chat_template's extra keyword arguments do (date_string="26 Jul 2024", enable_thinking=False).
+        `today` is the date a template's strftime_now reads (Llama 3.2's "Today Date"), now if not given: a run
+        that pins it writes the same prompt on every day it is resumed."""
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise ValueError(f"each chat message needs string 'role' and 'content', got {m!r}")
@@ -264,6 +269,8 @@ class Tokenizer:
             print(f"note: the model carries no chat template; prompts use the built-in {self.chat_format} layout",
                   file=sys.stderr)
             self.fallback_noticed = True
+        if today is not None:
+            variables = {"strftime_now": today.strftime, **variables}  # a render variable shadows the global
         return self.render(messages, add_generation_prompt, variables) + assistant_prefix
 
     def render(self, messages: list[dict], add_generation_prompt: bool, variables: dict) -> str:
@@ -351,7 +358,8 @@ class Tokenizer:
         eos = {metadata.get(f"tokenizer.ggml.{key}") for key in ("eos_token_id", "eot_token_id", "eom_token_id")}
         template = metadata.get("tokenizer.chat_template") or None
         return cls(vocab, merges, added, PreTokenizer(pattern, split_digits), ignore_merges=ignore_merges,
-                   bos_id=metadata.get("tokenizer.ggml.bos_token_id"), eos_ids=(eos - {None}) | stop_ids(added),
+                   normalizer=GGUF_NORMALIZER.get(pre_name), bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
+                   eos_ids=(eos - {None}) | stop_ids(added),
                    chat_format=chat_format_of(added, template or ""), chat_template=template, special_tokens=special)
 
 
@@ -368,7 +376,8 @@ def check_byte_level_bpe(spec: dict, path: Path) -> None:
     model = spec.get("model") or {}
     kind = model.get("type", "BPE")
     pieces = json.dumps([spec.get("pre_tokenizer"), spec.get("normalizer"), spec.get("decoder")], ensure_ascii=False)
-    if kind == "Unigram" or (kind == "BPE" and (model.get("byte_fallback") or "Metaspace" in pieces or "▁" in pieces)):
+    word_marks = "Metaspace" in pieces or "▁" in pieces
+    if kind == "Unigram" or (kind == "BPE" and (model.get("byte_fallback") or word_marks)):
         raise ValueError(f"{path}: SentencePiece tokenizers are not supported ({kind} model with SentencePiece "
                          "word marks); only byte-level BPE tokenizers (Llama 3, Qwen2/3, SmolLM2, ...) are")
     if kind != "BPE" or "merges" not in model:

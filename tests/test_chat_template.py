@@ -30,7 +30,8 @@ B2U = bytes_to_unicode()
 def write_folder(folder: Path, family: dict, template=True) -> Path:
     """A Hugging Face tokenizer folder for one family, as the make script gave it to transformers."""
     bpe, n = GOLDEN["bpe"], len(GOLDEN["bpe"]["vocab"])
-    spec = {"added_tokens": [{"id": n + i, "content": t, "special": True} for i, t in enumerate(family["added_tokens"])],
+    added = [{"id": n + i, "content": t, "special": True} for i, t in enumerate(family["added_tokens"])]
+    spec = {"added_tokens": added,
             "normalizer": family["normalizer"], "pre_tokenizer": family["pre_tokenizer"],
             "model": {"type": "BPE", "vocab": bpe["vocab"], "merges": bpe["merges"],
                       "ignore_merges": family["ignore_merges"]}}
@@ -82,8 +83,13 @@ def test_paper_llama_32_prompt_carries_its_preamble(tmp_path):
     # Without date_string the template asks strftime_now for today's date, as in transformers.
     today = datetime.now().strftime("%d %b %Y")
     assert f"Today Date: {today}\n" in tok.chat(GOLDEN["conversations"]["loop"])
-    # Llama 3.1's template falls back to its own fixed date instead.
-    assert "Today Date: 26 Jul 2024\n" in family_tokenizer(tmp_path, "llama-3.1").chat(GOLDEN["conversations"]["user"])
+    # A pinned day reaches strftime_now: the same prompt as date_string gives, on any day.
+    pinned = datetime.strptime(DATE, "%d %b %Y")
+    assert tok.chat(GOLDEN["conversations"]["loop"], today=pinned) == text
+    # Llama 3.1's template writes its own fixed date instead, pinned day or not.
+    llama31 = family_tokenizer(tmp_path, "llama-3.1")
+    for day in (None, pinned):
+        assert "Today Date: 26 Jul 2024\n" in llama31.chat(GOLDEN["conversations"]["user"], today=day)
 
 
 def test_smollm2_gguf_template_and_ids_equal_apply_chat_template():

@@ -130,6 +130,8 @@ def test_from_gguf_metadata_llama3():
                     "<|start_header_id|>assistant<|end_header_id|>\n\n{")
     assert tok.encode(text)[:2] == [257, 259]
     assert 260 in Tokenizer.from_gguf({**meta, "tokenizer.ggml.eot_token_id": 260}).eos_ids
+    qwen = Tokenizer.from_gguf({**meta, "tokenizer.ggml.pre": "qwen2"})  # NFC, as Qwen2's tokenizer.json
+    assert qwen.encode("e\u0301") == qwen.encode("\u00e9") != tok.encode("e\u0301")
     with pytest.raises(ValueError, match="pre-tokenizer"):
         Tokenizer.from_gguf({**meta, "tokenizer.ggml.pre": "mystery"})
 
@@ -139,7 +141,8 @@ def test_chatml_fallback_layout():
     msgs = [{"role": "user", "content": "Hi"}]
     assert tok.chat(msgs, assistant_prefix='{"') == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n{\""
     own = [{"role": "system", "content": "S"}, *msgs]
-    assert tok.chat(own, add_generation_prompt=False) == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    assert tok.chat(own, add_generation_prompt=False) == ("<|im_start|>system\nS<|im_end|>\n"
+                                                          "<|im_start|>user\nHi<|im_end|>\n")
     assert tok.end_of_turn == 301 and tok.eos_ids == {301}
     with pytest.raises(ValueError, match="role"):
         tok.chat([{"content": "no role"}])

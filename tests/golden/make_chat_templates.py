@@ -43,7 +43,8 @@ SYSTEM = ("You are an expert chemist. Propose molecules as SMILES strings.\n"
 CONVERSATIONS = {
     # the loop's shape: a system message and one user message (surrounding spaces test templates that trim)
     "loop": [{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": "  Improve CC(=O)Oc1ccccc1C(=O)O (score 0.412).\nNaïve ideas: ½ ring, 3 N's. "}],
+             {"role": "user",
+              "content": "  Improve CC(=O)Oc1ccccc1C(=O)O (score 0.412).\nNaïve ideas: ½ ring, 3 N's. "}],
     "user": [{"role": "user", "content": "What is the capital of France?"}],
     "multi": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
               {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Name a color."}],
@@ -91,9 +92,11 @@ FAMILIES = {
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja",
                      {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
                      ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-                      "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]"], split_then_bytes(TEKKEN_REGEX), None, False),
+                      "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]"],
+                     split_then_bytes(TEKKEN_REGEX), None, False),
     "phi-3.5": ("microsoft-Phi-3.5-mini-instruct.jinja",
-                {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"},
+                {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
+                 "pad_token": "<|endoftext|>"},
                 ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"],
                 SMOLLM2_PRE, None, False),
     "gemma": ("google-gemma-2-2b-it.jinja",
