@@ -646,12 +646,10 @@ def _hf_folder(path: Path):
         cfg = ModelConfig.from_hf({**declared, "model_type": family})
     except ValueError as e:
         raise ModelLoadError(f"{config}: {SUPPORTED_ARCHITECTURES[family][0]}: {e}") from None
-    if not (path / "tokenizer.json").exists():
-        raise ModelLoadError(f"{path} has no tokenizer.json; download it with the weights")
     try:
-        tok = Tokenizer.from_files(path / "tokenizer.json", path / "tokenizer_config.json")
+        tok = Tokenizer.from_folder(path)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path / 'tokenizer.json'}: {e}") from None
+        raise ModelLoadError(f"{path}: {e}") from None
     _check_tensors(cfg, safetensors_folder_shapes(path), path)
     return cfg, read_safetensors_folder(path), tok
 

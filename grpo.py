@@ -9,9 +9,8 @@ What is here:
 3. `token_logprobs`: log p(target) from final hidden states and the output matrix, chunk of rows by chunk, so
    that neither forward nor backward holds a float32 (tokens, vocab) tensor; `naive_token_logprobs` is its slow
    twin (full logits, `log_softmax`, `gather`) that the tests hold it equal to.
-4. `policy_logprobs`: next-token log-probs of a whole sequence under a model (`model(ids, return_hidden=True)`);
-   `completion_logprobs`: the same for G completions of one shared prompt, which runs the prompt once
-   (`model.SharedPrefix`) instead of once per completion.
+4. `completion_logprobs`: those log-probs for G completions of one prompt, the prompt run once for the group
+   (`model.SharedPrefix`) or, its slow twin, once per row; `share_prompt_pays` says which is cheaper.
 
 Left out on purpose: a value model, reward normalisation by the std, entropy bonuses, sequence-level ratios
 (GSPO), importance weights against a behaviour policy other than `old_logp`, and hand-written kernels (the
@@ -196,31 +195,30 @@ def token_logprobs(hidden, weight, targets, chunk_tokens=512, compiled=False):
     return out.reshape(B, T)
 
 
-def policy_logprobs(model, input_ids, compiled=False, chunk_tokens=512):
-    """input_ids (B, T) -> (B, T-1) float32: log-prob of token t+1 given tokens 0..t under `model`."""
-    hidden = model(input_ids, return_hidden=True)[:, :-1]  # (B, T-1, D)
-    return token_logprobs(hidden, model.lm_head.weight, input_ids[:, 1:], chunk_tokens, compiled)
-
-
 SHARE_PROMPT_MIN_TOKENS = 4096  # on a GPU, fewer saved prompt tokens than this cost less than the extra launches
 
 
-def completion_logprobs(model, prompt, completions, compiled=False, chunk_tokens=512, share_prompt=None):
-    """prompt (P,) and right-padded completions (G, L) long -> (G, L) float32: log-prob of each completion token
-    given the prompt and the completion's earlier tokens. Equal to policy_logprobs on the G concatenated rows
-    (values and gradients).
+def share_prompt_pays(prompt, G: int) -> bool:
+    """Whether running one prompt once for a group of G completions (model.SharedPrefix) beats G full rows.
 
-    share_prompt: run the prompt's layers once for the group (model.SharedPrefix) instead of G times, which saves
-    G - 1 prompts of compute and memory, at the price of a second, smaller pass (twice the kernel launches). None
-    chooses: shared on CPU, where compute is the cost, and on a GPU when the prompt tokens it saves reach
-    SHARE_PROMPT_MIN_TOKENS (ARC: 15 x 2,000); full rows below that, where a GPU waits on launches (profiled on
-    an H100: word search's update launched 6,687 kernels against transformers' 3,533, 0.27 s against 0.21 s)."""
+    It saves G - 1 prompts of compute and memory, at the price of a second, smaller pass (twice the kernel
+    launches). On CPU compute is the cost: always. On a GPU, only when the prompt tokens it saves reach
+    SHARE_PROMPT_MIN_TOKENS (ARC: 15 x 2,000); below that a GPU waits on launches (profiled on an H100: word
+    search's update launched 6,687 kernels against transformers' 3,533, 0.27 s against 0.21 s)."""
+    return prompt.device.type == "cpu" or (G - 1) * prompt.numel() >= SHARE_PROMPT_MIN_TOKENS
+
+
+def completion_logprobs(model, prompt, completions, shared: bool, compiled=False, chunk_tokens=512):
+    """prompt (P,) and right-padded completions (G, L) long -> (G, L) float32: log-prob of each completion token
+    given the prompt and the completion's earlier tokens.
+
+    shared: run the prompt's layers once and let every row attend to its keys and values (model.SharedPrefix);
+    else its slow twin, G full rows of prompt + completion. Equal values and gradients (tests/test_grpo.py).
+    The log-probs are token_logprobs' fused chunks; its slow twin is naive_token_logprobs."""
     from model import SharedPrefix
     G, L = completions.shape
     P = prompt.numel()
-    if share_prompt is None:
-        share_prompt = prompt.device.type == "cpu" or (G - 1) * P >= SHARE_PROMPT_MIN_TOKENS
-    if not share_prompt:
+    if not shared:
         rows = torch.cat([prompt[None].expand(G, P), completions[:, :-1]], dim=1)  # (G, P + L - 1)
         hidden = model(rows, return_hidden=True)[:, P - 1:]  # (G, L, D): the states that predict each token
         return token_logprobs(hidden, model.lm_head.weight, completions, chunk_tokens, compiled)

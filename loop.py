@@ -22,8 +22,10 @@ Simplifications we made on purpose, and why:
 
 The command line is migrate.py; this module knows nothing of it: settings come in as plain values.
 """
+import datetime
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,11 +35,12 @@ import torch
 from tqdm import tqdm
 
 import sampler
-from grpo import completion_logprobs, group_advantages, grpo_loss
+from grpo import completion_logprobs, group_advantages, grpo_loss, share_prompt_pays
 from history import History, Islands
 from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict
-from rundir import RunState, keep_log_lines, load_state, save_state, short, write_results
-from settings import DEFAULTS, Settings, UsageError, check_settings
+from rundir import (RunState, append_record, atomic_write, check_finished, keep_log_lines, load_state, save_state,
+                    short, write_results)
+from settings import DEFAULTS, Settings, UsageError, check_settings, check_types
 
 # ----------------------------------------------------------------------------------------------------------
 # The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
@@ -49,11 +52,17 @@ class Policy:
         self.model, self.tok, self.s = model, tokenizer, s
         self.generate = generate or sampler.generate
         self.params, self.optimizer = [], None
+        if model is not None:
+            check_fits_model(s, model.cfg)
         if s.update:
             torch.manual_seed(s.seed)  # LoRA A is random: make it the seed's
             self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout)
             self.initial_adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
-        self.end_of_turn = end_of_turn_id(tokenizer)
+        self.end_of_turn = getattr(tokenizer, "end_of_turn", None)
+        if self.end_of_turn is None:
+            raise UsageError("the model's tokenizer has no end-of-turn or end-of-sequence token; is it a chat model?")
+        # the date a chat template writes into its prompt (Llama 3.2): the run's first day, also on resume
+        self.today = datetime.date.fromisoformat(s.started) if s.started else None
 
     def reset(self):
         """A fresh adapter and optimiser for a new target (a sweep loads the model once)."""
@@ -62,18 +71,27 @@ class Policy:
             self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr, weight_decay=self.s.weight_decay)
 
     def prompt_ids(self, prompt) -> list[int]:
-        text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix)
+        """The checkpoint's own chat template (tokenizer.chat), the task's response prefix after it."""
+        try:
+            text = self.tok.chat(prompt.messages, add_generation_prompt=True, assistant_prefix=prompt.prefix,
+                                 today=self.today)
+        except ValueError as e:  # the template refused the conversation (Gemma: no system role)
+            raise UsageError(f"the model's chat template refused the task's prompt: {e}") from None
         return self.tok.encode(text)
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """The token that closes an assistant turn; greedy members end with it, as sampled answers do."""
-    marker = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}[tokenizer.chat_format]
-    ids = tokenizer.encode(marker)
-    if len(ids) != 1:
-        raise UsageError(f"the model's tokenizer has no single {marker} token; "
-                         f"is it a {tokenizer.chat_format} chat model?")
-    return ids[0]
+def check_fits_model(s: Settings, cfg) -> None:
+    """Settings that only the model can judge, refused before any work: a completion longer than the model's
+    positions, or a LoRA rank above the width of the layers it adapts (it would add nothing but memory)."""
+    if s.max_new_tokens >= cfg.max_seq_len:
+        raise UsageError(f"--max-new-tokens {s.max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{cfg.max_seq_len} positions")
+    if s.update and s.lora_r > cfg.dim:
+        raise UsageError(f"--lora-r {s.lora_r} is above the model's width {cfg.dim}; choose at most {cfg.dim}")
+
+
+class TrainingDiverged(Exception):
+    """An update whose gradient or adapter is not finite: the run stops before saving it (one line)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,15 +135,26 @@ def resolve_settings(task_cls, strategy: str = "migrate", given: dict | None = N
         values["iterations"] = given["budget"]  # the budget decides; the iteration cap only guards a stuck search
     options = dict((saved or {}).get("task_options", {}), **given.pop("task_options", {}))
     values.update(task=task_cls.name, target="", strategy=strategy)
+    values.setdefault("started", datetime.date.today().isoformat())
     values.update(given)
     s = Settings(**values)
     s.task_options = options
-    s.device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_types(s)
+    s.device = check_device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     s.dtype = s.dtype or ("bfloat16" if s.device.startswith("cuda") else "float32")
     if s.sample_weights == "auto":  # int4 decode weights serve a float32 model on CPU (quant.py measures it)
         s.sample_weights = "int4" if (s.device, s.dtype) == ("cpu", "float32") else "model"
     check_settings(s)
     return s
+
+
+def check_device(device: str) -> str:
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UsageError(f"--device must be cpu or cuda (or cuda:N), got {device!r}")
+    if device != "cpu" and not torch.cuda.is_available():
+        build = "a CPU build" if torch.version.cuda is None else "no GPU visible"
+        raise UsageError(f"--device {device}, but torch {torch.__version__} sees no GPU ({build}); use --device cpu")
+    return device
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,7 +231,15 @@ def sample_members(policy: Policy, task, plan, generator) -> None:
     prompted = [(m, p) for m, p in plan if p is not None]
     if not prompted:
         return
-    out = policy.generate(policy.model, [policy.prompt_ids(p) for _, p in prompted], s.max_new_tokens,
+    prompts = [policy.prompt_ids(p) for _, p in prompted]
+    limit = policy.model.cfg.max_seq_len if policy.model is not None else None
+    if limit and max(map(len, prompts)) + s.max_new_tokens > limit:
+        raise UsageError(f"a prompt of {max(map(len, prompts))} tokens and --max-new-tokens {s.max_new_tokens} pass "
+                         f"the model's {limit} positions; lower --max-new-tokens")
+    # Two fast paths, each chosen here with its slow twin: weights="int4" decodes with 4-bit base weights
+    # (quant.py; twin "model", the model's own), and compile=True replays one CUDA graph per decode step on a GPU
+    # (sampler._cuda_graphs; twin: eager steps). resolve_settings names both in config.json.
+    out = policy.generate(policy.model, prompts, s.max_new_tokens,
                           temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
                           decode=tok.decode, stop=task.stop, compile=s.compile_sampler, weights=s.sample_weights)
     policy_prefix = task.prompt().prefix
@@ -280,14 +317,17 @@ def grpo_update(policy: Policy, task, members: list[Member], iteration: int, eva
     keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
     if not keep.any() or advantages.abs().max() == 0:
         return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
-    # Every member is trained as an answer to the on-policy prompt, so the group shares it: it runs once.
+    # Every member is trained as an answer to the on-policy prompt, so the group shares it.
     prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
     completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
     adv, keep, G = advantages.to(s.device), keep.to(s.device), len(members)
     batches = micro_batches(G, s.micro_batch)
+    # Fast path: the prompt's layers run once for the whole group (model.SharedPrefix) where that saves work; the
+    # slow twin runs G full rows. Both sum to the same gradients (tests/test_grpo.py).
+    shared = share_prompt_pays(prompt, G)
 
     def logprobs(rows):
-        return completion_logprobs(model, prompt, completions[rows], compiled=s.compile_logprobs)
+        return completion_logprobs(model, prompt, completions[rows], shared, compiled=s.compile_logprobs)
 
     def loss_of(logp, old, rows, ref):
         return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
@@ -316,6 +356,9 @@ def grpo_update(policy: Policy, task, members: list[Member], iteration: int, eva
         for group in policy.optimizer.param_groups:
             group["lr"] = lr
         policy.optimizer.step()
+        if not (torch.isfinite(grad_norm) and all(p.isfinite().all() for p in policy.params)):
+            raise TrainingDiverged(f"iteration {iteration}: the update diverged (gradient norm {float(grad_norm):g}, "
+                                   f"lr {lr:g}); the last good iteration is saved. Lower --lr and start again")
     model.checkpointing = False
     model.eval()
     loss, stats = loss_of(logp, old, slice(None), ref)  # the last step's loss and statistics, for the log
@@ -408,8 +451,7 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
     """Run (or continue) one search to its budget; returns the summary written to best.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "best.json").exists() and not (run_dir / "state.pt").exists():
-        # best.json is written when a search ends: this one finished, and only its light files were kept
-        return json.loads((run_dir / "best.json").read_text())
+        return check_finished(run_dir, s.update)  # best.json is written when a search ends: this one finished
     policy.reset()
     log_path = run_dir / "history.jsonl"
     if (run_dir / "state.pt").exists():
@@ -417,7 +459,7 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
     else:
         state = new_state(s, task)
-        log_path.write_text(json.dumps(warm_start_record(state)) + "\n")
+        atomic_write(log_path, json.dumps(warm_start_record(state)) + "\n")
         save_state(run_dir, state, policy)
     bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
                disable=quiet, dynamic_ncols=True)
@@ -433,8 +475,7 @@ def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dic
         stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
         state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop)
                           or stalled)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(log_path, record)
         save_state(run_dir, state, policy)
         bar.update(1)
         bar.set_postfix_str(f"evals {record['evaluations']} best {record['best_score']:.3f} "

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import torch.distributed as dist
 
 from assets import AssetError
 from checkpoint import ModelLoadError, load_model
-from loop import STRATEGIES, Policy, resolve_settings, search
+from history import TaskProtocolError
+from loop import STRATEGIES, Policy, TrainingDiverged, resolve_settings, search
 from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
 from settings import KNOBS, UsageError
 from tasks import expand_targets, load_task_class
@@ -93,6 +95,12 @@ def cpu_threads(s) -> tuple[int, str]:
         return torch.get_num_threads(), "OMP_NUM_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS has none
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))), f"{cores} cores; --threads N to change"
+
+
+def default_out(task_cls, s) -> Path:
+    """runs/TASK-STRATEGY-seedN under the working directory, named by the task's name, never by its file's path
+    (a path such as ../tasks/x.py would put the run outside runs/)."""
+    return Path("runs") / f"{slug(task_cls.name)}-{s.strategy}-seed{s.seed}"
 
 
 def explain_scores(out: Path, targets: list[str], task_cls) -> str:
@@ -171,11 +179,20 @@ def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quie
 
 # ----------------------------------------------------------------------------------------------------------
 
+class Stop(KeyboardInterrupt):
+    """SIGTERM stops a run as Ctrl-C does: every finished iteration is saved, and the hint says how to go on."""
+
+
+def stop(signum, frame):
+    raise Stop()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, stop)
     try:
         return run(args)
-    except (UsageError, RunFolderError, AssetError) as e:
+    except (UsageError, RunFolderError, AssetError, TrainingDiverged, TaskProtocolError) as e:
         print(f"migrate.py: error: {e}", file=sys.stderr)
         return 2
 
@@ -222,16 +239,16 @@ def run(args) -> int:
               f"{s.sample_weights} decode weights{demo}", file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     store = rank_store(world)  # torchrun: ranks only share the run folder's check and wait for each other at the end
-    out = Path(args.resume or args.out or f"runs/{s.task}-{s.strategy}-seed{s.seed}")
+    out = Path(args.resume or args.out or default_out(task_cls, s))
     out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), store)
     s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
     failure = None
     try:
         search_my_targets(s, targets[rank::world], out, tasks_by_target, args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
               file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Stop) else signal.SIGINT)
     except Exception as e:  # noqa: BLE001  a rank that fails must still meet the others, which wait for it
         if world == 1:
             raise

@@ -10,6 +10,7 @@ line, what it cannot trust.
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
@@ -84,9 +85,9 @@ def save_state(run_dir: Path, state: RunState, policy) -> None:
                 generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
                 adapter=lora_state_dict(policy.model) if policy.s.update else None,
                 optimizer=policy.optimizer.state_dict() if policy.optimizer else None)
-    tmp = run_dir / "state.pt.tmp"
-    torch.save(blob, tmp)
-    os.replace(tmp, run_dir / "state.pt")
+    buffer = io.BytesIO()  # serialised in memory, so that a full disk is an OSError of our own write
+    torch.save(blob, buffer)
+    atomic_write(run_dir / "state.pt", buffer.getvalue())
 
 
 def load_state(run_dir: Path, s, policy) -> RunState:
@@ -163,10 +164,37 @@ def write_results(run_dir: Path, s, state: RunState, policy, task) -> dict:
                    report=task.report(entries), top=entries[:10])
     atomic_write(run_dir / "best.json", json.dumps(summary, indent=1))
     if s.update:
-        write_safetensors(run_dir / "adapter.safetensors", lora_state_dict(policy.model))
+        try:
+            write_safetensors(run_dir / "adapter.safetensors", lora_state_dict(policy.model))
+        except OSError as e:
+            raise write_failed(run_dir / "adapter.safetensors", e) from None
     atomic_write(run_dir / "plot.svg", plot_svg(records, f"{s.task} / {s.target} / {s.strategy}"))
     # Last: a crash before this line leaves state.pt, and the next --resume writes these files again.
     (run_dir / "state.pt").unlink(missing_ok=True)  # 44 MB with the default model; a finished search needs none
+    return summary
+
+
+def check_finished(run_dir: Path, trained: bool) -> dict:
+    """A finished search's summary (best.json), once its history holds every iteration and its adapter reads
+    back: a file damaged since the run ended is named, never passed over."""
+    from checkpoint import ModelLoadError, read_safetensors
+    try:
+        summary = json.loads((run_dir / "best.json").read_text())
+        lines = (run_dir / "history.jsonl").read_text().splitlines()
+        iterations = [json.loads(line)["iteration"] for line in lines]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(f"{run_dir} finished but cannot be read ({type(e).__name__}: {e}); restore its files "
+                             "from a copy, or delete the folder to search the target again") from None
+    if iterations != list(range(summary.get("iterations", -1) + 1)):
+        raise RunFolderError(f"{run_dir / 'history.jsonl'} holds {len(iterations)} records, not the "
+                             f"{summary.get('iterations', 0) + 1} of the finished search; restore it from a copy, "
+                             "or delete the folder to search the target again")
+    if trained:
+        try:
+            read_safetensors(run_dir / "adapter.safetensors")
+        except ModelLoadError as e:
+            raise RunFolderError(f"{run_dir / 'adapter.safetensors'} is damaged ({e}); restore it from a copy, or "
+                                 "delete the folder to search the target again") from None
     return summary
 
 
@@ -175,10 +203,29 @@ def first_evaluation_reaching(records: list[dict], threshold: float) -> int | No
     return hit["evaluations"] if hit else None
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Replace path in one step: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, e) from None
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One line of history.jsonl; a line cut short by a crash is dropped on resume (keep_log_lines)."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise write_failed(path, e) from None
+
+
+def write_failed(path: Path, e: OSError) -> RunFolderError:
+    return RunFolderError(f"cannot write {path} ({e.strerror or e}); free space on its disk (or make it writable), "
+                          "then continue with --resume: every iteration saved before this one is kept")
 
 
 def plot_svg(records: list[dict], title: str, w=640, h=360, pad=48) -> str:
@@ -289,7 +336,8 @@ def prepare_out_dir(out: Path, resume: bool, settings: dict, targets: list[str])
             note_resuming_code(out, saved, config["code"])
             return out
     else:
-        if out.is_dir() and not (out / "config.json").exists() and any(p.name != ".lock" for p in out.iterdir()):
+        leftovers = (".lock", "config.json.tmp")  # a lock, and a config.json whose write a crash or full disk cut
+        if out.is_dir() and not (out / "config.json").exists() and any(p.name not in leftovers for p in out.iterdir()):
             raise UsageError(f"{out} holds other files and no run; choose a new or empty --out")
         lock_folder(out)
         saved = read_config(out) if (out / "config.json").exists() else None
@@ -325,6 +373,12 @@ def check_same_settings(out: Path, saved: dict, config: dict) -> None:
 
 def read_config(out: Path) -> dict:
     try:
-        return json.loads((out / "config.json").read_text())
+        config = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         raise UsageError(f"{out} is not a run folder (no readable config.json)")
+    settings, targets = (config.get("settings"), config.get("targets")) if isinstance(config, dict) else (None, None)
+    if not (isinstance(settings, dict) and all(isinstance(settings.get(k), str) for k in ("task", "strategy"))
+            and isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+        raise UsageError(f"{out}/config.json is damaged: it needs settings (with task and strategy) and a non-empty "
+                         "list of targets; restore it, or start the run again in a new --out")
+    return config

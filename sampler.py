@@ -33,10 +33,10 @@ class Samples:
     finish: list[str]  # "eos", "stop" or "length"
 
 
-def sample_logits(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+def sample_logits(logits, temperature=1.0, top_p=1.0, generator=None):
     """logits (B, V) float32 -> (token (B,) long, logprob (B,) float32).
 
-    The log-prob is taken under the tempered, top-k/top-p filtered distribution that was sampled from; at
+    The log-prob is taken under the tempered, top-p filtered distribution that was sampled from; at
     temperature 0 (greedy) it is the untempered model log-prob, since the greedy point mass says nothing.
     """
     if temperature == 0:
@@ -44,9 +44,6 @@ def sample_logits(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         return tok, F.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0]
     if temperature != 1.0:
         logits = logits / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         probs, order = torch.sort(F.softmax(logits, -1), dim=-1, descending=True)
         # Drop a token when the mass before it already reaches top_p (the most likely token always stays).
@@ -101,7 +98,7 @@ def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
     return len(ids)
 
 
-def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
+def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_p=1.0,
              eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=None,
              weights="model") -> Samples:
     """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring.
@@ -120,7 +117,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     out_tok, out_lp = [[] for _ in range(B)], [[] for _ in range(B)]
     finish = ["length"] * B
     with torch.inference_mode(), sampling_weights(model, weights):
-        _run(model, prompts, max_new_tokens, (temperature, top_k, top_p, generator), eos, decode, tuple(stop),
+        _run(model, prompts, max_new_tokens, (temperature, top_p, generator), eos, decode, tuple(stop),
              compile, check_every, out_tok, out_lp, finish)
     text = [decode([t for t in row if t not in eos]) for row in out_tok] if decode is not None else None
     return Samples(out_tok, out_lp, text, finish)

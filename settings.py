@@ -6,6 +6,7 @@ what a task may override (a task's `TaskDefaults` are keyword overrides of these
 Adding a setting is one field here. How a run's values are chosen is `loop.resolve_settings`.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -26,10 +27,11 @@ class Settings:
     target: str = ""
     strategy: str = "migrate"
     model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    started: str = ""  # the day the run began (YYYY-MM-DD): a chat template that writes today's date writes this
     seed: int = knob(0, "random seed of sampling, warm start and LoRA init")
     # group composition (alpha on-policy, beta greedy, gamma neighbourhood members) and how NS seeds are chosen
     alpha: int = knob(10, "on-policy members per group", default_text="strategy preset")
-    beta: int = knob(0, "greedy members per group (the iteration's seed)", default_text="strategy preset")
+    beta: int = knob(0, "greedy members per group (the iteration's parent)", default_text="strategy preset")
     gamma: int = knob(0, "neighbourhood members per group", default_text="strategy preset")
     topk: int = knob(3, "NS parents are drawn among the top-k past solutions; OPRO lists them",
                      default_text="strategy preset")
@@ -87,18 +89,56 @@ KNOBS = tuple(f for f in dataclasses.fields(Settings) if "help" in f.metadata)  
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
 
 
+POSITIVE = ("budget", "iterations", "patience", "topk", "mu", "max_new_tokens", "lora_r", "lora_alpha", "islands",
+            "migrate_every")
+AT_LEAST_ZERO = ("alpha", "beta", "gamma", "micro_batch", "threads", "temperature", "weight_decay", "max_grad_norm",
+                 "kl_coef", "eps_low", "eps_high")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def check_settings(s: Settings) -> None:
-    for name in ("budget", "iterations", "patience", "topk", "mu", "max_new_tokens", "lora_r", "islands",
-                 "migrate_every"):
+    """Every value a user, or a hand-edited config.json, can give, checked before any work starts: a bad one is a
+    one-line error naming the flag."""
+    check_types(s)
+    for name in POSITIVE:
         if getattr(s, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
-    for name in ("alpha", "beta", "gamma"):
-        if getattr(s, name) < 0:
-            raise UsageError(f"--{name} must be >= 0, got {getattr(s, name)}")
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(s, name)}")
+    for name in AT_LEAST_ZERO:
+        if not getattr(s, name) >= 0:  # NaN fails this too
+            raise UsageError(f"{flag(name)} must be >= 0, got {getattr(s, name)}")
     if s.group_size == 0:
         raise UsageError("the group is empty: alpha + beta + gamma must be positive")
-    if s.lr <= 0 or s.temperature < 0 or not 0 < s.top_p <= 1:
-        raise UsageError("--lr must be > 0, --temperature >= 0 and --top-p in (0, 1]")
-    if s.weight_decay < 0 or s.max_grad_norm < 0 or s.micro_batch < 0:
-        raise UsageError("--weight-decay, --max-grad-norm and --micro-batch must be >= 0")
+    if not 0 < s.lr < math.inf:
+        raise UsageError(f"--lr must be a positive finite number, got {s.lr}")
+    if not 0 < s.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {s.top_p}")
+    if not 0 <= s.lora_dropout < 1:
+        raise UsageError(f"--lora-dropout must be in [0, 1), got {s.lora_dropout}")
+    for name in ("temperature", "weight_decay", "max_grad_norm", "kl_coef"):
+        if math.isinf(getattr(s, name)):
+            raise UsageError(f"{flag(name)} must be finite, got {getattr(s, name)}")
+    if not 0 <= s.seed < 2 ** 64:
+        raise UsageError(f"--seed must be in [0, 2**64), got {s.seed}")
+    for f in KNOBS:
+        if f.metadata["choices"] and getattr(s, f.name) not in f.metadata["choices"]:
+            raise UsageError(f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got "
+                             f"{getattr(s, f.name)!r}")
+    if s.dtype is not None and s.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {s.dtype!r}")
 
+
+def check_types(s: Settings) -> None:
+    """A value of the wrong kind (an iteration count "abc" in a hand-edited config.json) stops here, by name."""
+    for f in dataclasses.fields(Settings):
+        value, kind = getattr(s, f.name), f.type
+        if kind in (int, float, str, bool):
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            ok = ok or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        else:  # str | None and dict fields
+            ok = value is None or isinstance(value, (str, dict))
+        if not ok:
+            raise UsageError(f"{flag(f.name)} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

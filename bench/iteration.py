@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sampler import LLAMA_1B, hf_copy  # noqa: E402
-from grpo import completion_logprobs, group_advantages, grpo_loss  # noqa: E402
+from grpo import completion_logprobs, group_advantages, grpo_loss, share_prompt_pays  # noqa: E402
 from model import ModelConfig, Transformer, add_lora  # noqa: E402
 from sampler import generate  # noqa: E402
 
@@ -235,7 +235,8 @@ def main():
     adv = group_advantages(torch.rand(args.group, generator=g) + 0.01).to(dev)  # rewards > 0: all in the loss
 
     def ours_logprobs(c):
-        return completion_logprobs(model, prompt_t, c, compiled=args.compile_logprobs)
+        return completion_logprobs(model, prompt_t, c, share_prompt_pays(prompt_t, len(c)),
+                                   compiled=args.compile_logprobs)
 
     gen = torch.Generator(device=dev).manual_seed(0)
     ours = dict(sample=lambda: sample_ours(model, prompt, args, gen),

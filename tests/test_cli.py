@@ -155,6 +155,23 @@ def test_a_run_killed_with_sigkill_resumes_to_the_unbroken_history(model_dir, tm
     assert strip(log) == strip(tmp_path / "whole" / "40" / "history.jsonl")
 
 
+def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(model_dir, tmp_path):
+    import signal
+    out = tmp_path / "run"
+    flags = ["--task", EXAMPLE, "--model", model_dir, "--iterations", "40", "--patience", "40", "--no-early-stop"]
+    run = subprocess.Popen([sys.executable, str(ROOT / "migrate.py"), "--quiet", *flags, "--out", str(out)],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    log = out / "40" / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert f"Continue with: python migrate.py --resume {out}" in err
+    assert migrate("--resume", str(out)).returncode == 0
+
+
 def test_bad_targets_fail_before_the_model_loads(tmp_path):
     missing = str(tmp_path / "no-model")  # were the model loaded first, the error would name it
     one_line_error(migrate("--task", EXAMPLE, "--model", missing, "--target", ""), "--target is empty")
@@ -301,12 +318,13 @@ class FailsOnThirteen(DigitSum):
 
 def test_a_failing_torchrun_rank_ends_the_run_instead_of_hanging(model_dir, tmp_path):
     """Rank 1's target breaks mid-search: rank 0 finishes its own, both meet, and the run ends with a one-line
-    error naming the rank (it used to wait at the final barrier for 30 days)."""
+    error naming the rank (rather than waiting at the final barrier for the store's 30-day timeout)."""
     task = tmp_path / "fails.py"
     task.write_text(FAILING_TASK.format(examples=str(ROOT / "examples")))
     out = tmp_path / "sweep"
     r = migrate("--task", str(task), "--model", model_dir, "--targets", "10,13", "--iterations", "1",
                 "--out", str(out), torchrun=True)
     assert r.returncode != 0
-    assert "rank 1 failed (RuntimeError: the black box broke)" in r.stderr
+    assert "rank 1 failed (TaskProtocolError: task 'fails-on-13' (target 13): score() raised RuntimeError: " \
+           "the black box broke)" in r.stderr
     assert (out / "10" / "best.json").exists() and not (out / "13" / "best.json").exists()

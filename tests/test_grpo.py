@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from grpo import (completion_logprobs, group_advantages, grpo_loss, naive_token_logprobs, policy_logprobs,
+from grpo import (completion_logprobs, group_advantages, grpo_loss, naive_token_logprobs,
                   token_logprobs)
 from tiny_model import tiny_model
 
@@ -200,29 +200,35 @@ def test_token_logprobs_bad_shapes():
 
 # --------------------------------------------------------------------------------------- policy log-probs
 
-def test_policy_logprobs_match_full_forward():
+def fused_logprobs(model, ids, chunk_tokens=512):
+    """ids (B, T) -> (B, T-1): log-prob of token t+1 given tokens 0..t, through the fused chunks."""
+    hidden = model(ids, return_hidden=True)[:, :-1]
+    return token_logprobs(hidden, model.lm_head.weight, ids[:, 1:], chunk_tokens)
+
+
+def test_fused_logprobs_through_the_model_match_full_logits():
     model = tiny_model()
     ids = torch.randint(0, model.cfg.vocab_size, (3, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model(ids)  # (3, 11, V)
         want = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        got = policy_logprobs(model, ids)
+        got = fused_logprobs(model, ids)
     assert got.shape == (3, 10)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_policy_logprobs_gradients_match_full_forward():
+def test_fused_logprobs_gradients_match_full_logits():
     model = tiny_model().train()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
     params = [p for p in model.parameters()]
-    fused = torch.autograd.grad(policy_logprobs(model, ids, chunk_tokens=5).sum(), params)
+    fused = torch.autograd.grad(fused_logprobs(model, ids, chunk_tokens=5).sum(), params)
     logits = model(ids)
     naive = torch.autograd.grad(logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).sum(), params)
     for a, b in zip(fused, naive):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_policy_logprobs_lora_gradients_match_full_forward():
+def test_fused_logprobs_lora_gradients_match_full_logits():
     """With LoRA the output matrix is frozen, so only d/d hidden flows through the fused path."""
     from model import add_lora
     model = tiny_model()
@@ -232,7 +238,7 @@ def test_policy_logprobs_lora_gradients_match_full_forward():
             p.normal_(0.0, 0.1)  # B starts at zero; make the adapter do something
     ids = torch.randint(0, model.cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
     up = torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
-    fused = torch.autograd.grad((policy_logprobs(model, ids, chunk_tokens=3) * up).sum(), params)
+    fused = torch.autograd.grad((fused_logprobs(model, ids, chunk_tokens=3) * up).sum(), params)
     logits = model(ids)
     want = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     naive = torch.autograd.grad((want * up).sum(), params)
@@ -251,21 +257,20 @@ def _lora_model_with_signal():
     return model.train(), params
 
 
-@pytest.mark.parametrize("share_prompt", [True, False])
-def test_completion_logprobs_equal_full_rows_values_and_lora_gradients(share_prompt):
-    """Both paths are exact rewrites of policy_logprobs: same log-probs and same adapter gradients as running
-    the prompt + completion rows in full (ragged completions, right-padded). The prompt (7) is longer than the
-    completions (5), so share_prompt=None would share it on any device."""
+@pytest.mark.parametrize("shared", [True, False])
+def test_completion_logprobs_equal_full_rows_values_and_lora_gradients(shared):
+    """The shared prompt and its slow twin, G full rows, give the log-probs and adapter gradients of running the
+    prompt + completion rows through the model in full (ragged completions, right-padded). float32: 1e-5."""
     model, params = _lora_model_with_signal()
     g = torch.Generator().manual_seed(5)
     prompt = torch.randint(0, 97, (7,), generator=g)
     completions = torch.randint(1, 97, (3, 5), generator=g)
     completions[1, 3:] = 0  # padding, as pad_completions leaves it
     up = torch.randn(3, 5, generator=g)
-    got = completion_logprobs(model, prompt, completions, chunk_tokens=4, share_prompt=share_prompt)
+    got = completion_logprobs(model, prompt, completions, shared, chunk_tokens=4)
     got_grads = torch.autograd.grad((got * up).sum(), params)
     rows = torch.cat([prompt.expand(3, -1), completions], dim=1)  # (3, 12)
-    want = policy_logprobs(model, rows)[:, 6:]  # index j predicts token j + 1: completions start at 7
+    want = fused_logprobs(model, rows)[:, 6:]  # index j predicts token j + 1: completions start at 7
     want_grads = torch.autograd.grad((want * up).sum(), params)
     assert got.shape == (3, 5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -277,6 +282,14 @@ def test_completion_logprobs_of_one_token_completions():
     model, _ = _lora_model_with_signal()
     prompt, completions = torch.tensor([3, 1, 4]), torch.tensor([[1], [5]])
     with torch.no_grad():
-        got = completion_logprobs(model, prompt, completions)
-        want = policy_logprobs(model, torch.cat([prompt.expand(2, -1), completions], 1))[:, 2:]
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        want = fused_logprobs(model, torch.cat([prompt.expand(2, -1), completions], 1))[:, 2:]
+        for shared in (True, False):
+            torch.testing.assert_close(completion_logprobs(model, prompt, completions, shared), want,
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_sharing_the_prompt_pays_on_cpu_always_and_on_a_gpu_past_a_size():
+    from grpo import SHARE_PROMPT_MIN_TOKENS, share_prompt_pays
+    assert share_prompt_pays(torch.zeros(3), 2)
+    meta = torch.zeros(SHARE_PROMPT_MIN_TOKENS, device="meta")  # a device that is not the CPU
+    assert share_prompt_pays(meta, 2) and not share_prompt_pays(meta[:-1], 2)

@@ -50,10 +50,10 @@ class FruitTask(Task):
 
 class CharTokenizer:
     """One id per character; 0 is the end-of-turn token."""
-    chat_format = "chatml"
     eos_ids = {0}
+    end_of_turn = 0
 
-    def chat(self, messages, add_generation_prompt=True, assistant_prefix=""):
+    def chat(self, messages, add_generation_prompt=True, assistant_prefix="", today=None):
         return "|".join(m["content"] for m in messages) + ">" + assistant_prefix
 
     def encode(self, text):

@@ -11,14 +11,14 @@ from tests.tiny_model import tiny_model
 PROMPTS = [[5, 17, 42, 3, 88], [7, 8], [5, 17, 42, 3, 88], [9, 10, 11, 60, 61, 62, 63, 2], [7, 8]]
 
 
-def slow_generate(model, prompts, n, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+def slow_generate(model, prompts, n, temperature=1.0, top_p=1.0, generator=None):
     """Every row prefilled on its own, no cache: full forward over the whole sequence for each new token."""
     seqs = [list(p) for p in prompts]
     toks, lps = [[] for _ in prompts], [[] for _ in prompts]
     with torch.no_grad():
         for _ in range(n):
             logits = torch.stack([model(torch.tensor([s]))[0, -1] for s in seqs])  # (B, V)
-            tok, lp = sample_logits(logits, temperature, top_k, top_p, generator)
+            tok, lp = sample_logits(logits, temperature, top_p, generator)
             for i in range(len(seqs)):
                 seqs[i].append(int(tok[i]))
                 toks[i].append(int(tok[i]))
@@ -55,7 +55,7 @@ def test_logprobs_equal_full_forward_log_softmax():
             torch.testing.assert_close(torch.tensor(lp), ref, atol=1e-5, rtol=0)
 
 
-def test_greedy_equals_argmax_and_top_k_one():
+def test_greedy_equals_argmax_and_a_tiny_nucleus():
     # Untied heads here: tiny tied models tend to repeat one token greedily, which would make the tests weak.
     model = tiny_model(6, tie_embeddings=False)
     greedy = generate(model, PROMPTS, 12, temperature=0)
@@ -63,7 +63,7 @@ def test_greedy_equals_argmax_and_top_k_one():
     assert greedy.tokens == toks
     for a, b in zip(greedy.logprobs, lps):  # untempered model log-probs at temperature 0
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
-    top1 = generate(model, PROMPTS, 12, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(3))
+    top1 = generate(model, PROMPTS, 12, temperature=0.7, top_p=1e-6, generator=torch.Generator().manual_seed(3))
     assert top1.tokens == greedy.tokens
     assert all(abs(x) < 1e-6 for row in top1.logprobs for x in row)  # a one-token distribution
 
@@ -127,7 +127,7 @@ def test_sample_logits_filters_hand_computed():
     assert set(tok.tolist()) == {0, 1}
     expected = torch.where(tok == 0, math.log(0.5 / 0.8), math.log(0.3 / 0.8))
     torch.testing.assert_close(lp, expected.float(), atol=1e-6, rtol=0)
-    tok, lp = sample_logits(logits, top_k=3, generator=g)
+    tok, lp = sample_logits(logits, top_p=0.9, generator=g)  # the mass before token 3 is 0.95 >= 0.9
     assert set(tok.tolist()) == {0, 1, 2}
     tok, lp = sample_logits(logits, temperature=0.5, generator=g)  # p^2 renormalised: 25/39, 9/39, ...
     sharp = probs[0] ** 2 / (probs[0] ** 2).sum()

@@ -15,10 +15,10 @@ VOCAB = len(CHARS) + 1
 
 class TinyTokenizer:
     """id 0 ends a turn; id i > 0 is CHARS[i - 1], so "a" is id 1."""
-    chat_format = "chatml"
     eos_ids = {0}
+    end_of_turn = 0
 
-    def chat(self, messages, add_generation_prompt=True, assistant_prefix=""):
+    def chat(self, messages, add_generation_prompt=True, assistant_prefix="", today=None):
         return "".join(m["content"] for m in messages) + assistant_prefix
 
     def encode(self, text):
