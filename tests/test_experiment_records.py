@@ -106,3 +106,17 @@ def test_docking_tables_recomputed_from_the_committed_records_byte_for_byte(tmp_
     main(["--protocol", "docking", "--report-only", "--out", str(tmp_path)])
     for name in ("table.md", "table.csv", "paired.csv", "targets.md", "dynamics.md", "curves.svg"):
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_a_fresh_clone_reruns_no_finished_run(tmp_path, monkeypatch, capsys):
+    import experiments.run as run_module
+    experiment = tmp_path / "exp"
+    write_sweep(experiment / records.RUNS / "migrate-seed1")
+    records.pack(experiment)
+    shutil.rmtree(experiment / records.RUNS)  # records only, as committed
+    launched = []
+    monkeypatch.setattr(run_module, "run", lambda args, cmd, label: launched.append(cmd))
+    main(["--task", "wordsearch", "--strategies", "migrate", "--seeds", "1", "--targets", "cat,dog", "--budget", "2",
+          "--out", str(experiment)])
+    assert not launched and "estimate" not in capsys.readouterr().out  # unpacked: every run found finished
+    assert (experiment / "table.md").exists()
