@@ -6,6 +6,9 @@ What is here:
    reward 0 masked out of the loss (they still count in the group mean that made the advantages), a mean over a
    sequence's tokens and then over all G sequences of the group (TRL's "grpo" loss, as in the paper's code:
    masked members add 0 but count in G), and an optional k3 KL penalty to the base model.
+   TTT-Discover's objective (arXiv 2601.16175; its recipe's compute_advantages and Tinker's "importance_sampling"
+   loss) sits beside each: `entropic_advantages` with `adaptive_beta` beside group_advantages, and
+   `discover_loss` with `kl_shaped_advantages` beside grpo_loss.
 3. `token_logprobs`: log p(target) from final hidden states and the output matrix, chunk of rows by chunk, so
    that neither forward nor backward holds a float32 (tokens, vocab) tensor; `naive_token_logprobs` is its slow
    twin (full logits, `log_softmax`, `gather`) that the tests hold it equal to.
@@ -16,6 +19,8 @@ Left out on purpose: a value model, reward normalisation by the std, entropy bon
 (GSPO), importance weights against a behaviour policy other than `old_logp`, and hand-written kernels (the
 chunk functions are plain torch; `compiled=True` hands them to torch.compile).
 """
+import math
+
 import torch
 
 
@@ -25,6 +30,75 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     if rewards.dim() != 1 or rewards.numel() == 0:
         raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
     return rewards - rewards.mean()
+
+
+def _rewards_1d(rewards) -> torch.Tensor:
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.dim() != 1 or rewards.numel() == 0:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor, got shape {tuple(rewards.shape)}")
+    return rewards
+
+
+def entropic_advantages(rewards, beta: float) -> torch.Tensor:
+    """rewards (G,) -> advantages (G,) float32: TTT-Discover's entropic advantages, which weigh each member by
+    exp(beta * reward) against the others, so the best samples pull the policy rather than the average one.
+
+        e_i = exp(beta (r_i - max_j r_j))            (the shift cancels in w_i; it keeps exp finite)
+        w_i = e_i / (mean_{j != i} e_j + 1e-12)       (leave-one-out; the member itself when G = 1)
+        A_i = w_i - 1
+
+    beta = 0 gives A = 0; as beta -> 0, A_i / beta -> G / (G - 1) (r_i - mean r), group_advantages scaled. Equal
+    rewards give A = 0 at any beta. Unchanged by adding a constant to every reward; scaling the rewards by s is
+    dividing beta by s. Float32 throughout, as the recipe computes it; its 1e-12 only counts when the others'
+    weights round to 0 (adaptive_beta at G = 2)."""
+    r = _rewards_1d(rewards)
+    e = torch.exp(beta * (r - r.max()))
+    G = r.numel()
+    others = (e.sum() - e) / (G - 1) if G > 1 else e
+    return e / (others + 1e-12) - 1.0
+
+
+ADAPTIVE_KL = math.log(2.0)  # the KL(q_beta || uniform) that adaptive_beta solves for
+
+
+def adaptive_beta(rewards, kl_target: float = ADAPTIVE_KL, beta_max: float = 1e6, iterations: int = 60) -> float:
+    """The beta of TTT-Discover's `entropic_adaptive_beta` for one group: the one whose tilted distribution over
+    the group, q_i = softmax(beta r)_i, sits kl_target = log 2 away from uniform:
+
+        KL(q_beta || uniform) = sum_i q_i log(G q_i) = log 2
+
+    (q as concentrated as a uniform choice among half the group). The KL grows with beta from 0, so: if beta = 1
+    falls short, beta doubles until it does not (at most to beta_max, and that doubled beta is returned when even
+    it falls short); then `iterations` halvings of [0, beta] keep the smallest beta found to reach log 2.
+    G < 2: 0. When half the group or more ties at the top, or every reward is equal, the KL never reaches log 2
+    and beta ends at 2^20 (the first doubling past 1e6). At G = 2 it reaches log 2 only when float32 rounds the
+    worse member's q to 0 (beta ~ 100 / spread), and the better member's advantage is then about 1e12: use G >= 3.
+    Float32, as the recipe computes it, so that the same rewards give the same beta."""
+    r = _rewards_1d(rewards)
+    G = r.numel()
+    if G < 2:
+        return 0.0
+    shifted = r - r.max()
+    log_g = math.log(G)
+
+    def kl(beta: float) -> float:
+        logits = torch.tensor(beta, dtype=torch.float32) * shifted
+        log_q = logits - torch.logsumexp(logits, dim=0)
+        return float((log_q.exp() * (log_q + log_g)).sum())
+
+    lo, hi = 0.0, 1.0
+    if kl(hi) < kl_target:
+        while hi < beta_max and kl(hi) < kl_target:
+            hi *= 2.0
+        if kl(hi) < kl_target:
+            return hi
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if kl(mid) < kl_target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, eps_high=0.28,
@@ -82,6 +156,55 @@ def grpo_loss(logp, old_logp, advantages, mask, member_mask=None, eps_low=0.2, e
                      kl=seq_then_batch_mean(kl) if kl is not None else torch.zeros((), device=logp.device))
         stats["clip_fraction"] = stats["clip_low"] + stats["clip_high"]
     return loss, stats
+
+
+def discover_loss(logp, old_logp, advantages, mask):
+    """TTT-Discover's loss (Tinker's "importance_sampling", which its recipe trains with), a scalar to minimise,
+    and detached statistics.
+
+    logp, old_logp (B, T): log-probs of the sampled tokens under the current policy (with grad) and under the
+    policy that sampled them. advantages: (B,), one per member, or (B, T), one per token (kl_shaped_advantages).
+    mask (B, T): 1 on completion tokens.
+
+        r_it = exp(logp_it - old_logp_it)
+        loss = - sum_i sum_t mask_it r_it A_it
+    Gradient wrt logp_it: -mask_it r_it A_it. Where it differs from grpo_loss: no clipping (with one step a
+    group the ratio is 1 and no clip would act anyway), every member enters (none is masked for a reward of 0:
+    its advantage is about -1), and a sum rather than means: each completion token weighs the same, so a member
+    counts in proportion to its length (grpo_loss: each member 1/G whatever its length) and the loss grows with
+    the group (the optimiser's normalisation and the gradient-norm clip absorb the scale). Micro-batch losses
+    add up to the group's as they are.
+    """
+    if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
+        raise ValueError(f"logp, old_logp and mask must share one (B, T) shape, got {tuple(logp.shape)}, "
+                         f"{tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(f"advantages must have shape ({logp.shape[0]},) or {tuple(logp.shape)}, got "
+                         f"{tuple(advantages.shape)}")
+    mask = mask.to(logp.dtype)
+    A = advantages.to(logp.dtype)
+    A = A[:, None] if A.dim() == 1 else A
+    ratio = torch.exp(logp - old_logp)
+    loss = -(ratio * A * mask).sum()
+    with torch.no_grad():
+        stats = dict(ratio_mean=(ratio * mask).sum() / mask.sum().clamp(min=1.0))
+    return loss, stats
+
+
+def kl_shaped_advantages(advantages, sampled_logp, ref_logp, mask, kl_coef: float):
+    """TTT-Discover's KL penalty, folded into per-token advantages (its recipe's incorporate_kl_penalty) rather
+    than added to the loss as grpo_loss's k3 term. advantages (B,); sampled_logp, ref_logp, mask (B, T): the
+    sampled tokens' log-probs under the sampling policy and under the base model. Returns (B, T):
+
+        d_it  = sampled_logp_it - ref_logp_it                 (on completion tokens)
+        dbar  = sum_it mask_it d_it / sum_it mask_it           (over the whole group: shape it before micro-batches)
+        A_it  = mask_it (A_i + kl_coef (dbar - d_it))
+    so a token the policy made likelier than the base model did loses advantage, one it made less likely gains,
+    and the penalty adds nothing on average. kl_coef = 0: A_i on each completion token."""
+    mask = mask.to(sampled_logp.dtype)
+    d = (sampled_logp - ref_logp) * mask
+    dbar = d.sum() / mask.sum().clamp(min=1.0)
+    return mask * (advantages.to(sampled_logp.dtype)[:, None] + kl_coef * (dbar - d))
 
 
 # ------------------------------------------------------------------------------------------ per-token log-probs

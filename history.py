@@ -8,11 +8,15 @@
 - Islands: the island-model database of the MiGrATe-Evo variant, with the settings of the paper's released
   EvolutionDatabase: sub-populations that evolve apart, an elite archive of the best overall, parents drawn from
   one island per iteration (explore or exploit), and a ring migration of each island's best every 40 iterations.
+- Archive: TTT-Discover's archive of states (arXiv 2601.16175, its released PUCTSampler): the next group starts
+  from the state with the best PUCT score (value, visit counts, rank prior), visits are backed up the lineage, and
+  each state keeps its two best children.
 
-Both are saved with a run's state as plain data (dicts, lists, numbers, strings: history_data, islands_data),
-which torch.load(weights_only=True) reads back without running any code from the file.
+All three are saved with a run's state as plain data (dicts, lists, numbers, strings: history_data, islands_data,
+archive_data), which torch.load(weights_only=True) reads back without running any code from the file.
 """
 import dataclasses
+import math
 import random
 import reprlib
 from dataclasses import dataclass, field
@@ -187,6 +191,116 @@ class Islands:
                     self.islands[j].setdefault(c, self.islands[i][c])
 
 
+ROOT = ""  # the archive's empty state: no solution yet, whose prompt is the task's on-policy prompt
+
+
+@dataclass
+class Archive:
+    """TTT-Discover's archive of states and its PUCT choice of the state the next group starts from (the released
+    PUCTSampler, `puct_backprop`, with its defaults). A state is a scored candidate; the root (ROOT) is the empty
+    state, always kept, whose prompt is the task's on-policy prompt; every other state remembers the states it
+    was found from (its lineage, nearest first, by state id).
+
+    The choice (pick_parent) is the argmax over states s of
+        score(s) = Q(s) + c * scale * P(s) * sqrt(1 + T) / (1 + n(s))
+    Q(s): the best score of a child found from s once s has been tried (n(s) > 0), else s's own score;
+    n(s): attempts started from s or from any of its descendants; T: attempts in all;
+    P(s) = (N - rank(s)) / (N (N + 1) / 2), rank 0 the best of the N states (ties: the earlier state ranks higher);
+    scale = max - min of the scores of the states other than the root (all states while there are none), at least
+    1e-6. Ties in score(s) go to the higher own score, then to the earlier state.
+
+    update(parent, children, attempts) records one group's attempts from a parent: each counts one visit for the
+    parent and for each ancestor still in the archive, and one in T, failed or not; Q(parent) takes the best child
+    score; the children join as new states (one already in the archive is not added twice). prune(), once an
+    iteration after its updates (the recipe prunes once a batch), keeps each state's children_kept best children
+    and then, past max_states, the root and the best states. A candidate found again after it was pruned is a new
+    state (a new id, no visits), as in the recipe, where every state has its own id."""
+    c: float = 1.0  # puct_c
+    children_kept: int = 2  # topk_children
+    max_states: int = 1000  # max_buffer_size
+    scores: dict[str, float] = field(default_factory=lambda: {ROOT: 0.0})  # state -> its score, oldest first
+    ids: dict[str, int] = field(default_factory=lambda: {ROOT: 0})
+    lineage: dict[str, list[int]] = field(default_factory=lambda: {ROOT: []})  # ancestors' ids, nearest first
+    visits: dict[str, int] = field(default_factory=dict)  # n
+    best_child: dict[str, float] = field(default_factory=dict)  # the best score of a child found from the state
+    attempts: int = 0  # T
+    next_id: int = 1
+
+    def add(self, candidate: str, score: float, parent: str | None = None) -> None:
+        """A state found from `parent` (None: the root), unless the archive holds it already; no visit is counted
+        (a warm-start candidate joins this way)."""
+        parent = self._state(parent)
+        if candidate == ROOT or candidate in self.scores:
+            return
+        self.scores[candidate] = score
+        self.ids[candidate] = self.next_id
+        self.lineage[candidate] = [self.ids[parent]] + self.lineage[parent]
+        self.next_id += 1
+
+    def update(self, parent: str | None, children: list[tuple[str, float]], attempts: int) -> None:
+        """A group's `attempts` from `parent` (None: the root, i.e. the on-policy prompt), which found `children`,
+        (candidate, score) pairs; an attempt that found nothing counts as a visit all the same."""
+        parent = self._state(parent)
+        present = {i: s for s, i in self.ids.items()}
+        for i in [self.ids[parent]] + self.lineage[parent]:
+            if i in present:
+                self.visits[present[i]] = self.visits.get(present[i], 0) + attempts
+        self.attempts += attempts
+        if children:
+            best = max(score for _, score in children)
+            self.best_child[parent] = max(self.best_child.get(parent, best), best)
+        for candidate, score in children:
+            self.add(candidate, score, parent)
+
+    def _state(self, parent: str | None) -> str:
+        parent = ROOT if parent is None else parent
+        if parent not in self.scores:
+            raise ValueError(f"parent {_short(parent)} is not in the archive; pick it with pick_parent()")
+        return parent
+
+    def puct_scores(self) -> dict[str, float]:
+        """score(s) of every state, in archive order."""
+        states = list(self.scores)
+        N = len(states)
+        ranked = sorted(states, key=lambda s: -self.scores[s])  # stable: ties keep archive order
+        prior = {s: (N - rank) / (N * (N + 1) / 2) for rank, s in enumerate(ranked)}
+        found = [self.scores[s] for s in states if s != ROOT] or [self.scores[ROOT]]
+        scale = max(max(found) - min(found), 1e-6)
+        growth = math.sqrt(1 + self.attempts)
+        out = {}
+        for s in states:
+            n = self.visits.get(s, 0)
+            q = self.best_child.get(s, self.scores[s]) if n > 0 else self.scores[s]
+            out[s] = q + self.c * scale * prior[s] * growth / (1 + n)
+        return out
+
+    def pick_parent(self) -> str | None:
+        """The state the next group starts from: the PUCT argmax (deterministic), None for the root."""
+        puct = self.puct_scores()
+        best = max(puct, key=lambda s: (puct[s], self.scores[s]))  # max keeps the first of equals
+        return None if best == ROOT else best
+
+    def prune(self) -> None:
+        """Each state keeps its children_kept best children (ties: the earlier), a pruned state's surviving
+        children included, in the recipe's order, which later ties follow: the root, then each parent's children,
+        best first. Past max_states, the root and the best states stay (ties: the later in that order, as the
+        recipe's argsort reversed), in that order."""
+        by_parent: dict[int, list[str]] = {}
+        for s in self.scores:
+            if s != ROOT:
+                by_parent.setdefault(self.lineage[s][0], []).append(s)
+        order = [ROOT] + [s for children in by_parent.values()
+                          for s in sorted(children, key=lambda s: -self.scores[s])[:self.children_kept]]
+        if len(order) > self.max_states:
+            best = set(sorted(order[1:], key=lambda s: self.scores[s])[::-1][:self.max_states - 1])
+            order = [s for s in order if s == ROOT or s in best]
+        for s in set(self.scores) - set(order):
+            del self.ids[s], self.lineage[s]
+            self.visits.pop(s, None)
+            self.best_child.pop(s, None)
+        self.scores = {s: self.scores[s] for s in order}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Plain data for state.pt: insertion order is kept, so top() breaks ties the same way after a resume.
 
@@ -204,3 +318,11 @@ def islands_data(isl: Islands) -> dict:
 
 def islands_from_data(d: dict) -> Islands:
     return Islands(**d)
+
+
+def archive_data(a: Archive) -> dict:
+    return dataclasses.asdict(a)
+
+
+def archive_from_data(d: dict) -> Archive:
+    return Archive(**d)
