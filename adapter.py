@@ -24,9 +24,12 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import ModelLoadError, read_gguf_header, read_safetensors, resolve_model_path, write_safetensors
+import assets
+from checkpoint import (ModelLoadError, load_model, read_gguf_header, read_safetensors, resolve_model_path,
+                        write_safetensors)
 from settings import UsageError
 
+PEFT_FOLDER = "peft-adapter"  # the PEFT folder a finished target writes beside its adapter.safetensors
 PEFT_PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the causal LM)
 # The nn.Linear leaves of model.Transformer, by their Hugging Face names: what a LoRA here can adapt.
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
@@ -84,9 +87,9 @@ def base_model_name(model_spec: str | None) -> str | None:
 # Out: a PEFT folder
 
 def peft_config(base_model: str | None, r: int, alpha: float, dropout: float, targets) -> dict:
-    """adapter_config.json of a plain LoRA on a causal LM. The fields are the ones PEFT releases since 0.9 all
-    know (vLLM and llama.cpp read a few of them); every field peft 0.21 writes beyond these is left at its
-    default (tests/test_adapter.py compares with peft's own file)."""
+    """adapter_config.json of a plain LoRA on a causal LM: the fields that say what it computes, and none that
+    only recent peft releases know (an older peft refuses a field it does not know). peft 0.21 reads it as the
+    config it writes itself for the same adapter, whose other fields hold their defaults (tests/test_adapter.py)."""
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "revision": None,
         "r": int(r), "lora_alpha": alpha, "lora_dropout": float(dropout), "target_modules": sorted(targets),
@@ -174,6 +177,13 @@ PLAIN_LORA = {
 }
 
 
+# Fields that do not change what a plain LoRA computes once its tensors are known (peft 0.21 writes them all).
+INERT_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "r", "lora_alpha", "lora_dropout",
+                "target_modules", "exclude_modules", "layers_pattern", "init_lora_weights", "inference_mode",
+                "peft_version", "auto_mapping", "megatron_config", "megatron_core", "qalora_group_size",
+                "loftq_config", "ensure_weight_tying"}
+
+
 def refuse_peft_variants(config: dict, folder: Path) -> None:
     """AdapterError unless the config is a plain LoRA on a causal LM."""
     where = folder / "adapter_config.json"
@@ -190,6 +200,10 @@ def refuse_peft_variants(config: dict, folder: Path) -> None:
     if init not in (True, False, "gaussian"):  # pissa, olora, loftq, corda, eva... change the base weights
         raise AdapterError(f"{where}: init_lora_weights {init!r} changes the base model's weights; not supported "
                            "(convert it to a plain LoRA with peft first)")
+    unknown = next((k for k, v in config.items() if k not in PLAIN_LORA and k not in INERT_FIELDS and v), None)
+    if unknown is not None:  # a feature of a newer peft (aLoRA, Arrow, KaSA, ...): it may change the forward
+        raise AdapterError(f"{where}: {unknown} {config[unknown]!r} is a peft feature this engine does not "
+                           "implement; only plain LoRA adapters load")
 
 
 def what_tensor_is(name: str) -> str:
@@ -210,14 +224,18 @@ def read_our_file(path: Path) -> SavedAdapter:
     bad = next((k for k in tensors if not OUR_NAME.fullmatch(k)), None)
     if bad is not None or not tensors:
         raise AdapterError(f"{path} is not a LoRA adapter of this engine ({'tensor ' + bad if bad else 'no tensors'})")
-    r = tensors[next(k for k in tensors if k.endswith("lora_A"))].shape[0]
+    first_a = next((t for k, t in sorted(tensors.items()) if k.endswith("lora_A")), torch.empty(0))
+    r = first_a.shape[0]
+    check_tensors(tensors, r, path)
     info = safetensors_metadata(path) or run_settings_of(path)
     if "lora_alpha" not in info:
         raise AdapterError(f"{path} does not record its LoRA alpha (no header metadata, no run config.json above "
                            "it); pass the PEFT folder written beside it, or the file inside its run folder")
-    check_tensors(tensors, r, path)
-    return SavedAdapter({k: v.float() for k, v in tensors.items()}, r, float(info["lora_alpha"]),
-                        adapter_targets(tensors), float(info.get("lora_dropout") or 0.0),
+    try:
+        alpha, dropout = float(info["lora_alpha"]), float(info.get("lora_dropout") or 0.0)
+    except (TypeError, ValueError):
+        raise AdapterError(f"{path}: its recorded LoRA alpha {info['lora_alpha']!r} is not a number") from None
+    return SavedAdapter({k: v.float() for k, v in tensors.items()}, r, alpha, adapter_targets(tensors), dropout,
                         info.get("base_model") or None, str(path))
 
 
@@ -320,20 +338,21 @@ GGUF_SPECIAL_KEYS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "
                      "pad_token": "padding_token_id"}
 
 
-def write_hf_base(model_path, out_folder) -> Path:
-    """A Hugging Face folder of a GGUF model: config.json (transformers 4's layout, which transformers 5, vLLM
-    and llama.cpp's converter read too), model.safetensors (the weights as load_model dequantises them, in the
-    narrowest of bfloat16, float16 and float32 that holds every one exactly), tokenizer.json,
-    tokenizer_config.json (with the chat template) and generation_config.json. Returns the folder."""
-    from checkpoint import load_model
+def write_hf_base(model_spec: str | None, out_folder) -> Path:
+    """A Hugging Face folder of a GGUF model (a --model value; None: the embedded one): config.json
+    (transformers 4's layout, which transformers 5, vLLM and llama.cpp's converter read too), model.safetensors
+    (the weights as load_model dequantises them, in the narrowest of bfloat16, float16 and float32 that holds
+    every one exactly), tokenizer.json, tokenizer_config.json (with the chat template) and
+    generation_config.json. Returns the folder."""
     try:
-        path = resolve_model_path(str(model_path))
+        spec = str(model_spec) if model_spec is not None else str(assets.asset_path(assets.SMOLLM2_GGUF))
+        path = resolve_model_path(spec)
         if path.suffix != ".gguf":
             raise AdapterError(f"{path} is not a .gguf file; a Hugging Face folder is already the base peft and "
                                "vLLM load")
         _, metadata, _ = read_gguf_header(path)
         model, _ = load_model(str(path))
-    except ModelLoadError as e:
+    except (ModelLoadError, assets.AssetError) as e:
         raise AdapterError(str(e)) from None
     out = Path(out_folder)
     if out.exists() and any(out.iterdir()):
@@ -419,7 +438,8 @@ def bos_post_processor(metadata: dict, byte_level: dict) -> dict:
     first = {"SpecialToken": {"id": text, "type_id": 0}}
     template = {"type": "TemplateProcessing",
                 "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, first, {"Sequence": {"id": "B", "type_id": 1}}],
+                "pair": [first, {"Sequence": {"id": "A", "type_id": 0}},
+                         first, {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {text: {"id": text, "ids": [bos], "tokens": [text]}}}
     return {"type": "Sequence", "processors": [byte_level, template]}
 

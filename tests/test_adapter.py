@@ -24,6 +24,10 @@ from tests.tiny_model import tiny_model
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "peft_adapter.json").read_text())
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR_SORTED = tuple(sorted(ALL_LINEAR))
+# the fields a consumer needs (llama.cpp reads lora_alpha and base_model_name_or_path, vLLM r and target_modules)
+ESSENTIAL = ("peft_type", "task_type", "base_model_name_or_path", "r", "lora_alpha", "lora_dropout",
+             "target_modules", "bias", "fan_in_fan_out", "use_dora", "use_rslora")
 
 
 def trained_lora(targets=("q_proj", "v_proj"), r=4, alpha=8, seed=0, **model_overrides):
@@ -49,6 +53,7 @@ def test_peft_names_and_config_match_peft(tmp_path, case):
     written = read_safetensors(folder / "adapter_model.safetensors")
     assert {k: [str(v.dtype).removeprefix("torch."), list(v.shape)] for k, v in written.items()} == golden["tensors"]
     ours = json.loads((folder / "adapter_config.json").read_text())
+    assert set(ESSENTIAL) <= set(ours)
     assert {k: golden["adapter_config"].get(k, "absent from peft's file") for k in ours} == ours
     for name, t in tensors.items():  # same values under the new name
         assert torch.equal(written[adapter.peft_name(name)], t)
@@ -113,6 +118,7 @@ def one_line_refusal(path, *words):
     ("bias", "all", ["bias"]), ("modules_to_save", ["lm_head"], ["modules_to_save"]),
     ("layers_to_transform", [0], ["some layers"]), ("init_lora_weights", "pissa", ["pissa"]),
     ("task_type", "SEQ_CLS", ["SEQ_CLS"]), ("r", 0, ["positive"]),
+    ("alora_invocation_tokens", [5, 6], ["alora_invocation_tokens", "does not implement"]),
 ])
 def test_peft_variants_are_refused(tmp_path, field, value, words):
     _, tensors = trained_lora()
@@ -120,6 +126,17 @@ def test_peft_variants_are_refused(tmp_path, field, value, words):
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, field: value}))
     one_line_refusal(folder, *words)
+
+
+def test_a_folder_peft_wrote_reads(tmp_path):
+    """peft's own adapter_config.json (every field peft 0.21.2 writes) beside tensors in its names."""
+    golden = GOLDEN["cases"]["all_linear"]
+    _, tensors = trained_lora(ALL_LINEAR, r=2, alpha=16)
+    folder = write_peft_folder(tmp_path / "a", tensors, None, 2, 16, 0.05, ALL_LINEAR)
+    (folder / "adapter_config.json").write_text(json.dumps(golden["adapter_config"]))
+    back = read_adapter(folder)
+    assert (back.r, back.alpha, back.dropout, back.targets, back.base_model) == (2, 16, 0.05, ALL_LINEAR_SORTED,
+                                                                                "tiny-base")
 
 
 def test_bad_files_are_refused(tmp_path):
@@ -154,6 +171,8 @@ def test_bad_files_are_refused(tmp_path):
     one_line_refusal(tmp_path / "model.safetensors", "not a LoRA adapter")
     write_safetensors(tmp_path / "bare.safetensors", tensors)
     one_line_refusal(tmp_path / "bare.safetensors", "alpha", "PEFT folder")
+    write_safetensors(tmp_path / "only_b.safetensors", {k: v for k, v in tensors.items() if k.endswith("lora_B")})
+    one_line_refusal(tmp_path / "only_b.safetensors", "has no model.layers.0.self_attn.q_proj.lora_A")
 
 
 def test_settings_and_model_mismatches_are_refused(tmp_path):
@@ -322,7 +341,7 @@ def test_hf_copy_of_embedded_smollm2_matches_transformers(tmp_path):
     import assets
     from tests.test_smollm2 import GOLDEN as SMOLLM2
     gguf = assets.asset_path(assets.SMOLLM2_GGUF)
-    out = write_hf_base(gguf, tmp_path / "smollm2")
+    out = write_hf_base(None, tmp_path / "smollm2")  # None: the embedded model, as load_model(None)
     model, tok = load_model(str(gguf))
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)

@@ -73,7 +73,8 @@ def test_failed_start_is_one_line(fake_wandb, tmp_path):
     fake_wandb.init = init
     with pytest.raises(TrackingError) as e:
         open_tracker("proj", "run", {}, tmp_path)
-    assert "\n" not in str(e.value) and "api_key not configured" in str(e.value) and "WANDB_MODE=offline" in str(e.value)
+    message = str(e.value)
+    assert "\n" not in message and "api_key not configured" in message and "WANDB_MODE=offline" in message
 
 
 def test_logs_scalar_metrics_per_iteration(fake_wandb, tmp_path):
