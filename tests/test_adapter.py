@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import adapter
-from adapter import (AdapterError, check_adapter_fits, check_adapter_settings, peft_config, read_adapter,
+from adapter import (AdapterError, check_adapter_fits, check_adapter_settings, read_adapter,
                      write_hf_base, write_peft_folder)
 from checkpoint import GGUF_LAYER_NAMES, GGUF_TOP_NAMES, load_model, read_safetensors, write_safetensors
-from model import add_lora, lora_state_dict
+from model import add_lora, load_lora_state_dict, lora_state_dict
 from tests.test_checkpoint import (gguf_metadata, gguf_tensors_of, llama_cpp_permute, logits_of, write_gguf,
                                    write_hf_folder)
 from tests.tiny_model import tiny_model
@@ -83,6 +83,24 @@ def test_peft_folder_round_trip_exact(tmp_path, targets):
     check_adapter_fits(back, model)  # the model it came from, LoRA applied
     check_adapter_fits(back, tiny_model())  # and a plain copy of its base
     assert read_adapter(folder / "adapter_model.safetensors").tensors.keys() == tensors.keys()
+
+
+@pytest.mark.parametrize("form", ["peft", "ours"])
+def test_a_model_started_from_a_saved_adapter_is_the_trained_one(tmp_path, form):
+    """What a run given --init-adapter does: a fresh base, add_lora, the saved tensors loaded: the same logits."""
+    trained, tensors = trained_lora(r=4, alpha=8, seed=2)
+    if form == "peft":
+        path = write_peft_folder(tmp_path / "a", tensors, None, 4, 8)
+    else:
+        path = tmp_path / "adapter.safetensors"
+        write_safetensors(path, tensors, adapter.adapter_metadata(4, 8, 0.0, ("q_proj", "v_proj"), None))
+    saved = read_adapter(path)
+    fresh = tiny_model(seed=2)
+    add_lora(fresh, r=saved.r, alpha=saved.alpha)
+    check_adapter_settings(saved, 4, 8)
+    check_adapter_fits(saved, fresh)
+    load_lora_state_dict(fresh, saved.tensors)
+    assert torch.equal(logits_of(fresh), logits_of(trained))
 
 
 def test_our_file_with_metadata_or_in_its_run_folder(tmp_path):
