@@ -331,24 +331,46 @@ def share_prompt_pays(prompt, G: int) -> bool:
     return prompt.device.type == "cpu" or (G - 1) * prompt.numel() >= SHARE_PROMPT_MIN_TOKENS
 
 
-def completion_logprobs(model, prompt, completions, shared: bool, compiled=False, chunk_tokens=512):
-    """prompt (P,) and right-padded completions (G, L) long -> (G, L) float32: log-prob of each completion token
-    given the prompt and the completion's earlier tokens.
+def completion_logprobs(model, prompts, completions, rows, shared: bool, compiled=False, chunk_tokens=512):
+    """Log-prob of each completion token given its prompt and the completion's earlier tokens.
 
-    shared: run the prompt's layers once and let every row attend to its keys and values (model.SharedPrefix);
-    else its slow twin, G full rows of prompt + completion. Equal values and gradients (tests/test_grpo.py).
-    The log-probs are token_logprobs' fused chunks; its slow twin is naive_token_logprobs."""
-    from model import SharedPrefix
-    G, L = completions.shape
-    P = prompt.numel()
+    prompts: one (P_s,) prompt per adapter s of the model's LoRA bank (None where rows[s] is 0); completions
+    (B, L) long, right-padded, rows[s] of them continuing prompts[s], in adapter order -> (B, L) float32.
+    One search is one adapter: prompts [prompt], rows [G].
+
+    shared: run each prompt's layers once and let its rows attend to its keys and values (model.SharedPrefix);
+    else its slow twin, full rows of prompt + completion, one adapter at a time. Equal values and gradients
+    (tests/test_grpo.py). The log-probs are token_logprobs' fused chunks; its slow twin is naive_token_logprobs."""
+    from model import SharedPrefix, adapter_rows
+    one = len(rows) == 1  # a single adapter: no row layout to set
     if not shared:
-        rows = torch.cat([prompt[None].expand(G, P), completions[:, :-1]], dim=1)  # (G, P + L - 1)
-        hidden = model(rows, return_hidden=True)[:, P - 1:]  # (G, L, D): the states that predict each token
-        return token_logprobs(hidden, model.lm_head.weight, completions, chunk_tokens, compiled)
-    prefix = SharedPrefix()
-    last = model(prompt[None], prefix=prefix, return_hidden=True)[:, -1:]  # (1, 1, D): predicts token 0
-    hidden = last.expand(G, 1, last.shape[-1])
+        parts = []
+        for s, block in enumerate(completions.split(rows)):
+            if rows[s]:
+                with adapter_rows(model, None if one else [n if i == s else 0 for i, n in enumerate(rows)]):
+                    parts.append(_full_rows_logprobs(model, prompts[s], block, compiled, chunk_tokens))
+        return torch.cat(parts)
+    used = [s for s, n in enumerate(rows) if n]
+    lengths = torch.tensor([prompts[s].numel() for s in used], device=completions.device)
+    P = int(lengths.max())
+    tokens = torch.zeros(len(used), P, dtype=torch.long, device=completions.device)  # (U, P), left-padded
+    for i, s in enumerate(used):
+        tokens[i, P - lengths[i]:] = prompts[s]
+    prefix = SharedPrefix(rows=None if one else [rows[s] for s in used], pad=None if one else P - lengths)
+    with adapter_rows(model, None if one else [1 if n else 0 for n in rows]):
+        last = model(tokens, prefix=prefix, return_hidden=True)[:, -1:]  # (U, 1, D): predicts each token 0
+    B, L = completions.shape
+    hidden = last.expand(B, 1, last.shape[-1]) if one else prefix.per_row(last)  # (B, 1, D)
     if L > 1:
-        rest = model(completions[:, :-1], prefix=prefix, return_hidden=True)  # (G, L-1, D)
-        hidden = torch.cat([hidden, rest], dim=1)  # (G, L, D)
+        with adapter_rows(model, None if one else rows):
+            rest = model(completions[:, :-1], prefix=prefix, return_hidden=True)  # (B, L-1, D)
+        hidden = torch.cat([hidden, rest], dim=1)  # (B, L, D)
+    return token_logprobs(hidden, model.lm_head.weight, completions, chunk_tokens, compiled)
+
+
+def _full_rows_logprobs(model, prompt, completions, compiled, chunk_tokens):
+    """The slow twin for one prompt: G full rows of prompt + completion through the model."""
+    G, P = completions.shape[0], prompt.numel()
+    full = torch.cat([prompt[None].expand(G, P), completions[:, :-1]], dim=1)  # (G, P + L - 1)
+    hidden = model(full, return_hidden=True)[:, P - 1:]  # (G, L, D): the states that predict each token
     return token_logprobs(hidden, model.lm_head.weight, completions, chunk_tokens, compiled)

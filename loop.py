@@ -20,6 +20,12 @@ Simplifications we made on purpose, and why:
      switching the LoRA adapter off.
   6. A group with no signal (every reward equal, or all 0) takes no optimiser step.
 
+Many searches, one model: a sweep advances its searches in lockstep (`search`), each with its own adapter in the
+model's LoRA bank, its own history, random generators and optimiser. Every step that is the search's own (its
+group, its scores, its loss normalisation, gradient clipping, learning rate and AdamW step) runs as it would
+alone; only the model's work is batched: one sampler call for every search's prompts, one forward and backward
+for every search's group. One search is a sweep of one.
+
 The command line is migrate.py; this module knows nothing of it: settings come in as plain values.
 """
 import datetime
@@ -37,7 +43,8 @@ from tqdm import tqdm
 import sampler
 from grpo import completion_logprobs, group_advantages, grpo_loss, share_prompt_pays
 from history import History, Islands
-from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict
+from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict, seeded_adapter
+from optim import AdamW, clip_grad_norm
 from rundir import (RunState, append_record, atomic_write, check_finished, keep_log_lines, load_state, save_state,
                     short, write_results)
 from settings import DEFAULTS, Settings, UsageError, check_settings, check_types
@@ -46,29 +53,36 @@ from settings import DEFAULTS, Settings, UsageError, check_settings, check_types
 # The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
 
 class Policy:
-    """What the loop acts with. `generate` is the sampler (sampler.generate); a test may hand in a scripted one."""
+    """What the loop acts with: the model and its LoRA bank (`adapters` slots, one per search advanced at once),
+    the tokenizer, the sweep's settings, and the sampler (sampler.generate; a test may hand in a scripted one)."""
 
-    def __init__(self, model, tokenizer, s: Settings, generate=None):
+    def __init__(self, model, tokenizer, s: Settings, generate=None, adapters: int = 1):
         self.model, self.tok, self.s = model, tokenizer, s
         self.generate = generate or sampler.generate
-        self.params, self.optimizer = [], None
+        self.adapters, self.params = adapters, []
         if model is not None:
             check_fits_model(s, model.cfg)
         if s.update:
-            torch.manual_seed(s.seed)  # LoRA A is random: make it the seed's
-            self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout)
-            self.initial_adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
+            self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout, adapters=adapters)
         self.end_of_turn = getattr(tokenizer, "end_of_turn", None)
         if self.end_of_turn is None:
             raise UsageError("the model's tokenizer has no end-of-turn or end-of-sequence token; is it a chat model?")
         # the date a chat template writes into its prompt (Llama 3.2): the run's first day, also on resume
         self.today = datetime.date.fromisoformat(s.started) if s.started else None
 
-    def reset(self):
-        """A fresh adapter and optimiser for a new target (a sweep loads the model once)."""
-        if self.s.update:
-            load_lora_state_dict(self.model, self.initial_adapter)
-            self.optimizer = torch.optim.AdamW(self.params, lr=self.s.lr, weight_decay=self.s.weight_decay)
+    def start(self, x: "Search", adapter: dict | None = None, optimizer: dict | None = None) -> None:
+        """The search's slot takes its adapter (a fresh one from its seed, or the one it saved) and the search a
+        fresh AdamW over that slot (or the state it saved)."""
+        if not self.s.update:
+            return
+        load_lora_state_dict(self.model, adapter or seeded_adapter(self.model, x.s.seed), x.slot)
+        x.optimizer = AdamW(self.params, x.slot, weight_decay=self.s.weight_decay)
+        if optimizer:
+            x.optimizer.load_state_dict(optimizer)
+
+    def adapter(self, x: "Search") -> dict | None:
+        """The search's adapter, as its run folder keeps it."""
+        return lora_state_dict(self.model, x.slot) if self.s.update else None
 
     def prompt_ids(self, prompt) -> list[int]:
         """The checkpoint's own chat template (tokenizer.chat), the task's response prefix after it."""
@@ -78,6 +92,18 @@ class Policy:
         except ValueError as e:  # the template refused the conversation (Gemma: no system role)
             raise UsageError(f"the model's chat template refused the task's prompt: {e}") from None
         return self.tok.encode(text)
+
+
+@dataclass
+class Search:
+    """One search of a sweep: its settings (its target and random seed), task and run folder; its state (history,
+    islands, random generators, iteration) and its optimiser once started; the slot of its adapter in the bank."""
+    s: Settings
+    task: object
+    run_dir: Path
+    slot: int = 0
+    state: RunState | None = None
+    optimizer: AdamW | None = None
 
 
 def check_fits_model(s: Settings, cfg) -> None:
@@ -142,7 +168,7 @@ def resolve_settings(task_cls, strategy: str = "migrate", given: dict | None = N
     check_types(s)
     s.device = check_device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     s.dtype = s.dtype or ("bfloat16" if s.device.startswith("cuda") else "float32")
-    if s.sample_weights == "auto":  # int4 decode weights serve a float32 model on CPU (quant.py measures it)
+    if s.sample_weights == "auto":  # int4 decode weights for a float32 model on CPU (quant.py measures them)
         s.sample_weights = "int4" if (s.device, s.dtype) == ("cpu", "float32") else "model"
     check_settings(s)
     return s
@@ -225,29 +251,36 @@ def _ask(prompt_method, *args, n=None):
     return prompt_method(*args) if n is None else prompt_method(*args, n=n)
 
 
-def sample_members(policy: Policy, task, plan, generator) -> None:
-    """Fill in text and tokens of every prompted member with one batched sampler call."""
+def sample_members(policy: Policy, searches: list[Search], plans: list) -> None:
+    """Fill in text and tokens of every prompted member of every search with one batched sampler call: each
+    search's prompts run with its own adapter and draw from its own random generator."""
     s, tok = policy.s, policy.tok
-    prompted = [(m, p) for m, p in plan if p is not None]
+    prompted = [(x, m, p) for x, plan in zip(searches, plans) for m, p in plan if p is not None]
     if not prompted:
         return
-    prompts = [policy.prompt_ids(p) for _, p in prompted]
+    prompts = [policy.prompt_ids(p) for _, _, p in prompted]
     limit = policy.model.cfg.max_seq_len if policy.model is not None else None
     if limit and max(map(len, prompts)) + s.max_new_tokens > limit:
         raise UsageError(f"a prompt of {max(map(len, prompts))} tokens and --max-new-tokens {s.max_new_tokens} pass "
                          f"the model's {limit} positions; lower --max-new-tokens")
+    if policy.adapters == 1:
+        generator, adapters = searches[0].state.generator, None
+    else:  # a lockstep sweep: rows in slot order, one generator per slot
+        generator = [None] * policy.adapters
+        for x in searches:
+            generator[x.slot] = x.state.generator
+        adapters = [x.slot for x, _, _ in prompted]
     # Two fast paths, each chosen here with its slow twin: weights="int4" decodes with 4-bit base weights
     # (quant.py; twin "model", the model's own), and compile=True replays one CUDA graph per decode step on a GPU
     # (sampler._cuda_graphs; twin: eager steps). resolve_settings names both in config.json.
-    out = policy.generate(policy.model, prompts, s.max_new_tokens,
-                          temperature=s.temperature, top_p=s.top_p, eos_ids=tok.eos_ids, generator=generator,
-                          decode=tok.decode, stop=task.stop, compile=s.compile_sampler, weights=s.sample_weights)
-    policy_prefix = task.prompt().prefix
-    for (m, p), ids, text in zip(prompted, out.tokens, out.text):
+    out = policy.generate(policy.model, prompts, s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                          eos_ids=tok.eos_ids, generator=generator, adapters=adapters, decode=tok.decode,
+                          stop=searches[0].task.stop, compile=s.compile_sampler, weights=s.sample_weights)
+    for (x, m, p), ids, text in zip(prompted, out.tokens, out.text):
         m.text = p.prefix + text  # the sampler decoded it without the EOS token
         # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
         # otherwise the text after that prefix is re-encoded (set in training_tokens).
-        m.tokens = list(ids) if p.prefix == policy_prefix else []
+        m.tokens = list(ids) if p.prefix == x.task.prompt().prefix else []
 
 
 def training_tokens(policy: Policy, task, m: Member) -> list[int]:
@@ -305,64 +338,88 @@ def learning_rate(s: Settings, iteration: int, step: int, evaluations: int = 0) 
     return s.lr * max(0.0, 1.0 - spent)
 
 
-def grpo_update(policy: Policy, task, members: list[Member], iteration: int, evaluations: int = 0) -> dict:
-    """mu AdamW steps of the clipped GRPO loss on the LoRA adapter (learning_rate's schedule, gradient norm
-    clipped at max_grad_norm); returns loss and clip statistics of the last step.
+def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> list[dict]:
+    """mu AdamW steps of the clipped GRPO loss for each search's group, all searches in one forward and backward
+    per micro-batch; returns each search's loss and clip statistics of its last step.
 
-    Memory: each step runs the group in micro-batches of s.micro_batch rows whose gradients add up to the
-    whole group's (grpo_loss's group_size), and s.grad_checkpoint recomputes each layer in backward."""
+    Each search's update is the one it takes alone: its loss is normalised over its own group (grpo_loss's
+    group_size), its gradient lands in its own adapter's slot and is clipped by its own norm (max_grad_norm),
+    and its own AdamW steps at its own point of learning_rate's schedule. A group with no signal takes no step,
+    its optimiser untouched. Memory: each step runs micro-batches of s.micro_batch rows of every group, whose
+    gradients add up to the whole groups' (the same update in less memory), and s.grad_checkpoint recomputes
+    each layer in backward."""
     s, model = policy.s, policy.model
-    rewards = torch.tensor([m.reward for m in members])
-    advantages = group_advantages(rewards)
-    keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
-    if not keep.any() or advantages.abs().max() == 0:
-        return dict(loss=None, clip_fraction=None, skipped="no signal in this group")
-    # Every member is trained as an answer to the on-policy prompt, so the group shares it.
-    prompt = torch.tensor(policy.prompt_ids(task.prompt()), device=s.device)
-    completions, mask = pad_completions([training_tokens(policy, task, m) for m in members], s.device)
-    adv, keep, G = advantages.to(s.device), keep.to(s.device), len(members)
-    batches = micro_batches(G, s.micro_batch)
-    # Fast path: the prompt's layers run once for the whole group (model.SharedPrefix) where that saves work; the
-    # slow twin runs G full rows. Both sum to the same gradients (tests/test_grpo.py).
-    shared = share_prompt_pays(prompt, G)
+    out, train = [None] * len(batch), []
+    for i, (x, members) in enumerate(batch):
+        rewards = torch.tensor([m.reward for m in members])
+        advantages = group_advantages(rewards)
+        keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
+        if not keep.any() or advantages.abs().max() == 0:
+            out[i] = dict(loss=None, clip_fraction=None, skipped="no signal in this group")
+            continue
+        completions, mask = pad_completions([training_tokens(policy, x.task, m) for m in members], s.device)
+        # Every member is trained as an answer to the on-policy prompt, so the group shares it.
+        prompt = torch.tensor(policy.prompt_ids(x.task.prompt()), device=s.device)
+        train.append((i, x, prompt, completions, mask, advantages.to(s.device), keep.to(s.device)))
+    if not train:
+        return out
+    batches = micro_batches(max(len(completions) for _, _, _, completions, *_ in train), s.micro_batch)
+    # Fast path: each prompt's layers run once for its whole group (model.SharedPrefix) where that saves work;
+    # the slow twin runs G full rows. Both give the same log-probs and gradients (tests/test_grpo.py). Many
+    # searches always share: their prompts then run in one batch.
+    shared = len(train) > 1 or share_prompt_pays(train[0][2], len(train[0][3]))
 
-    def logprobs(rows):
-        return completion_logprobs(model, prompt, completions[rows], shared, compiled=s.compile_logprobs)
+    def logprobs(rows: slice) -> list[torch.Tensor]:
+        """Each training search's log-probs of the given rows of its group, from one batched pass."""
+        prompts, counts, blocks = [None] * policy.adapters, [0] * policy.adapters, []
+        for _, x, prompt, completions, *_ in train:
+            block = completions[rows]
+            prompts[x.slot], counts[x.slot] = prompt, len(block)
+            blocks.append(block)
+        width = max(b.shape[1] for b in blocks)  # right-padded to one length; the mask hides the padding
+        ids = torch.cat([torch.nn.functional.pad(b, (0, width - b.shape[1])) for b in blocks])
+        logp = completion_logprobs(model, prompts, ids, counts, shared, compiled=s.compile_logprobs)
+        return [part[:, :b.shape[1]] for part, b in zip(logp.split([len(b) for b in blocks]), blocks)]
 
-    def loss_of(logp, old, rows, ref):
+    def loss_of(k, logp, old, rows, ref):
+        _, _, _, completions, mask, adv, keep = train[k]
         return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
-                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=G)
-    ref = None
+                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=len(completions))
+    refs = [None] * len(train)
     if s.kl_coef > 0:
         with torch.no_grad(), lora_disabled(model):
-            ref = torch.cat([logprobs(rows) for rows in batches])
+            parts = [logprobs(rows) for rows in batches]
+        refs = [torch.cat([p[k] for p in parts]) for k in range(len(train))]
     model.train()
     model.checkpointing = s.grad_checkpoint
-    old = None
+    olds = [None] * len(train)
     for step in range(s.mu):
-        policy.optimizer.zero_grad(set_to_none=True)
+        for p in policy.params:
+            p.grad = None
         parts = []
         for rows in batches:
-            logp = logprobs(rows)
-            loss, _ = loss_of(logp, logp.detach() if old is None else old[rows], rows,
-                              None if ref is None else ref[rows])
-            loss.backward()  # gradients accumulate: each micro-batch adds its rows' share of the group's loss
-            parts.append(logp.detach())
-        logp = torch.cat(parts)
-        if old is None:
-            old = logp  # the policy before the first step (simplification 4)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, s.max_grad_norm or float("inf"))
-        lr = learning_rate(s, iteration, step, evaluations)
-        for group in policy.optimizer.param_groups:
-            group["lr"] = lr
-        policy.optimizer.step()
-        if not (torch.isfinite(grad_norm) and all(p.isfinite().all() for p in policy.params)):
-            raise TrainingDiverged(f"iteration {iteration}: the update diverged (gradient norm {float(grad_norm):g}, "
-                                   f"lr {lr:g}); the last good iteration is saved. Lower --lr and start again")
+            logps = logprobs(rows)
+            loss = sum(loss_of(k, logp, logp.detach() if olds[k] is None else olds[k][rows], rows,
+                               None if refs[k] is None else refs[k][rows])[0] for k, logp in enumerate(logps))
+            loss.backward()  # each search's loss reaches only its own adapter; micro-batches add up
+            parts.append([logp.detach() for logp in logps])
+        logps = [torch.cat([p[k] for p in parts]) for k in range(len(train))]
+        olds = [old if old is not None else logp for old, logp in zip(olds, logps)]  # before the first step
+        for k, (i, x, *_) in enumerate(train):
+            grad_norm = clip_grad_norm(policy.params, x.slot, s.max_grad_norm or float("inf"))
+            lr = learning_rate(x.s, x.state.iteration + 1, step, x.state.history.evaluations)
+            x.optimizer.step(lr)
+            if not (torch.isfinite(grad_norm) and all(p[x.slot].isfinite().all() for p in policy.params)):
+                raise TrainingDiverged(f"{short(x.s.target, 40)}, iteration {x.state.iteration + 1}: the update "
+                                       f"diverged (gradient norm {float(grad_norm):g}, lr {lr:g}); the last good "
+                                       "iteration is saved. Lower --lr and start again")
+            out[i] = dict(lr=lr, grad_norm=float(grad_norm))
     model.checkpointing = False
     model.eval()
-    loss, stats = loss_of(logp, old, slice(None), ref)  # the last step's loss and statistics, for the log
-    return dict(loss=float(loss), lr=lr, grad_norm=float(grad_norm), **{k: float(v) for k, v in stats.items()})
+    for k, (i, *_) in enumerate(train):  # the last step's loss and statistics, for the log
+        loss, stats = loss_of(k, logps[k], olds[k], slice(None), refs[k])
+        out[i] = dict(loss=float(loss), **out[i], **{name: float(v) for name, v in stats.items()})
+    return out
 
 
 def micro_batches(rows: int, size: int) -> list[slice]:
@@ -382,31 +439,46 @@ def pad_completions(completions: list[list[int]], device):
     return ids.to(device), mask.to(device)
 
 
-def run_iteration(state, policy: Policy, task) -> dict:
-    """Sample, score, build the group, update: one MiGrATe iteration. Returns its log record."""
-    s, it = policy.s, state.iteration + 1
+def run_iteration(policy: Policy, searches: list[Search]) -> list[dict]:
+    """Sample, score, build the group, update: one MiGrATe iteration of every search (in slot order), in
+    lockstep. Returns each search's log record; its time_sample and time_update are of the whole lockstep."""
     t0 = time.time()
-    plan = plan_group(s, task, state.history, state.islands, state.rng)
-    sample_members(policy, task, plan, state.generator)
+    plans = [plan_group(x.s, x.task, x.state.history, x.state.islands, x.state.rng) for x in searches]
+    sample_members(policy, searches, plans)
     t1 = time.time()
-    score_members(task, state.history, plan, it)
+    groups, score_times = [], []
+    for x, plan in zip(searches, plans):
+        start = time.time()
+        score_members(x.task, x.state.history, plan, x.state.iteration + 1)
+        members = [m for m, _ in plan]
+        # word search (pack): the group trained is the pooled candidates packed into answers, as the paper's code
+        groups.append(pack_group(x.s, x.task, members, x.state.rng) if x.s.pack else members)
+        score_times.append(time.time() - start)
     t2 = time.time()
-    members = [m for m, _ in plan]
-    group = pack_group(s, task, members, state.rng) if s.pack else members
-    update = grpo_update(policy, task, group, it, state.history.evaluations) if s.update and group else {}
-    if s.neighbours == "islands":
-        add_to_islands(state.islands, members, it)
+    updates = [{} for _ in searches]
+    if policy.s.update:
+        trained = [i for i, group in enumerate(groups) if group]
+        for i, update in zip(trained, grpo_update(policy, [(searches[i], groups[i]) for i in trained])):
+            updates[i] = update
     t3 = time.time()
-    best = state.history.best()
-    record = dict(iteration=it, evaluations=state.history.evaluations,
-                  best_score=best.score if best else 0.0, best=best.candidate if best else None,
-                  mean_reward=sum(m.reward for m in group) / max(len(group), 1),
-                  members=[dict(origin=m.origin, prompt=m.prompt_kind, parent=m.parent, reward=m.reward,
-                                candidates=m.candidates, text=m.text) for m in members],
-                  **update, time_sample=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
-    if s.pack:
-        record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
-    return record
+    records = []
+    for x, plan, group, update, t_score in zip(searches, plans, groups, updates, score_times):
+        it, members = x.state.iteration + 1, [m for m, _ in plan]
+        if x.s.neighbours == "islands":
+            add_to_islands(x.state.islands, members, it)
+        best = x.state.history.best()
+        record = dict(iteration=it, evaluations=x.state.history.evaluations,
+                      best_score=best.score if best else 0.0, best=best.candidate if best else None,
+                      mean_reward=sum(m.reward for m in group) / max(len(group), 1),
+                      members=[dict(origin=m.origin, prompt=m.prompt_kind, parent=m.parent, reward=m.reward,
+                                    candidates=m.candidates, text=m.text) for m in members],
+                      **update, time_sample=t1 - t0, time_score=t_score, time_update=t3 - t2)
+        if len(searches) > 1:
+            record["lockstep"] = len(searches)  # the searches that shared this iteration's sampling and update
+        if x.s.pack:
+            record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
+        records.append(record)
+    return records
 
 
 def add_to_islands(islands, members: list[Member], iteration: int) -> None:
@@ -447,46 +519,95 @@ def warm_start_record(state: RunState) -> dict:
                               candidates=[dict(candidate=e.candidate, score=e.score, status="new")]) for e in entries])
 
 
-def search(s: Settings, run_dir: Path, policy: Policy, task, quiet=False) -> dict:
-    """Run (or continue) one search to its budget; returns the summary written to best.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "best.json").exists() and not (run_dir / "state.pt").exists():
-        return check_finished(run_dir, s.update)  # best.json is written when a search ends: this one finished
-    policy.reset()
-    log_path = run_dir / "history.jsonl"
-    if (run_dir / "state.pt").exists():
-        state = load_state(run_dir, s, policy)
-        keep_log_lines(log_path, state.iteration)  # drop a line written after the last saved state
-    else:
-        state = new_state(s, task)
-        atomic_write(log_path, json.dumps(warm_start_record(state)) + "\n")
-        save_state(run_dir, state, policy)
-    bar = tqdm(total=s.iterations, initial=state.iteration, desc=f"{s.strategy} {s.target}"[:40],
+def search(policy: Policy, searches: list[Search], quiet=False) -> list[dict]:
+    """Run (or continue) every search to its end, in lockstep: policy.adapters of them at a time, each in a
+    slot of the model's LoRA bank; a search that ends (solved, budget, iteration cap, patience) writes its
+    results and leaves its slot to the next. Returns the summaries written to best.json, in the given order."""
+    summaries, waiting, live = {}, list(searches), []
+    label = f"{len(searches)} searches" if len(searches) > 1 else searches[0].s.target
+    bar = tqdm(total=sum(x.s.iterations for x in searches), desc=f"{policy.s.strategy} {label}"[:40],
                disable=quiet, dynamic_ncols=True)
-    first = state.iteration + 1
-    while not state.finished:
+    timed = False
+    while waiting or live:
+        while waiting and len(live) < policy.adapters:
+            x = waiting.pop(0)
+            x.slot = min(set(range(policy.adapters)) - {y.slot for y in live})
+            begin(policy, x)
+            bar.update(x.state.iteration if x.state else x.s.iterations)
+            if x.state is None:  # it finished in an earlier session: only its light files are left
+                summaries[id(x)] = check_finished(x.run_dir, x.s.update)
+            elif x.state.finished:  # stopped between its last state and its results: write them now
+                summaries[id(x)] = write_results(x.run_dir, x.s, x.state, policy.adapter(x), x.task)
+            else:
+                live.append(x)
+        if not live:
+            continue
+        live.sort(key=lambda x: x.slot)
         t0 = time.time()
-        record = run_iteration(state, policy, task)
-        if record["iteration"] == first and not quiet:  # a measured rate: later iterations cost about the same
-            bar.write(rate_note(s.target, record["iteration"], time.time() - t0, s.iterations - record["iteration"]),
-                      file=sys.stderr)
-        state.iteration = record["iteration"]
-        solved = record["best_score"] >= task.solved_score
-        stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
-        state.finished = (state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop)
-                          or stalled)
-        append_record(log_path, record)
-        save_state(run_dir, state, policy)
-        bar.update(1)
-        bar.set_postfix_str(f"evals {record['evaluations']} best {record['best_score']:.3f} "
-                            f"{str(record['best'])[:24]!r} mean {record['mean_reward']:.3f}")
+        records = run_iteration(policy, live)
+        if not timed and not quiet:  # a measured rate: later iterations cost about the same
+            bar.write(rate_note(live, records, time.time() - t0, bool(waiting)), file=sys.stderr)
+            timed = True
+        for x, record in zip(live, records):
+            finish_iteration(policy, x, record)
+            bar.update(1)
+            if x.state.finished:
+                summaries[id(x)] = write_results(x.run_dir, x.s, x.state, policy.adapter(x), x.task)
+                bar.update(x.s.iterations - x.state.iteration)
+        bar.set_postfix_str(progress(records))
+        live = [x for x in live if not x.state.finished]
     bar.close()
-    return write_results(run_dir, s, state, policy, task)
+    return [summaries[id(x)] for x in searches]
 
 
-def rate_note(target: str, iteration: int, seconds: float, left: int) -> str:
-    """How long the rest of a search should take at the rate of the iteration just timed."""
+def begin(policy: Policy, x: Search) -> None:
+    """Load the search's saved state into its slot, or start it (the warm start, scored and saved); x.state stays
+    None when it finished in an earlier session (best.json written, state.pt deleted)."""
+    x.run_dir.mkdir(parents=True, exist_ok=True)
+    x.state = None
+    if (x.run_dir / "best.json").exists() and not (x.run_dir / "state.pt").exists():
+        return
+    log = x.run_dir / "history.jsonl"
+    if (x.run_dir / "state.pt").exists():
+        x.state, adapter, optimizer = load_state(x.run_dir, x.s.device)
+        policy.start(x, adapter, optimizer)
+        keep_log_lines(log, x.state.iteration)  # drop a line written after the last saved state
+    else:
+        policy.start(x)
+        x.state = new_state(x.s, x.task)
+        atomic_write(log, json.dumps(warm_start_record(x.state)) + "\n")
+        save_state(x.run_dir, x.state, policy.adapter(x), x.optimizer.state_dict() if x.optimizer else None)
+
+
+def progress(records: list[dict]) -> str:
+    """The progress bar's note: the search's numbers, or for many the best of them."""
+    if len(records) == 1:
+        r = records[0]
+        return (f"evals {r['evaluations']} best {r['best_score']:.3f} {str(r['best'])[:24]!r} "
+                f"mean {r['mean_reward']:.3f}")
+    top = max(records, key=lambda r: r["best_score"])
+    return f"{len(records)} searching, best {top['best_score']:.3f} {str(top['best'])[:24]!r}"
+
+
+def finish_iteration(policy: Policy, x: Search, record: dict) -> None:
+    """Whether the search goes on, then its record and state on disk."""
+    s, state = x.s, x.state
+    state.iteration = record["iteration"]
+    solved = record["best_score"] >= x.task.solved_score
+    stalled = state.iteration - state.history.last_find() >= s.patience  # repeats cost nothing: it would spin
+    state.finished = state.iteration >= s.iterations or state.history.exhausted or (solved and s.early_stop) \
+        or stalled
+    append_record(x.run_dir / "history.jsonl", record)
+    save_state(x.run_dir, state, policy.adapter(x), x.optimizer.state_dict() if x.optimizer else None)
+
+
+def rate_note(live: list[Search], records: list[dict], seconds: float, more_waiting: bool) -> str:
+    """How long the rest should take at the rate of the iteration just timed."""
+    what = short(live[0].s.target, 40) if len(live) == 1 else f"{len(live)} searches in lockstep"
+    note = f"{what}: iteration {records[0]['iteration']} took {seconds:.0f} s"
+    if more_waiting:  # the searches still waiting for a slot make any estimate from here a guess
+        return note
+    left = max(x.s.iterations - r["iteration"] for x, r in zip(live, records))
     rest = seconds * left
     when = f"{rest:.0f} s" if rest < 90 else f"{rest / 60:.0f} min" if rest < 5400 else f"{rest / 3600:.1f} h"
-    return (f"{short(target, 40)}: iteration {iteration} took {seconds:.0f} s; at that rate the {left} left take "
-            f"about {when} (less if it is solved or stalls first)")
+    return f"{note}; at that rate the {left} left take about {when} (less if it is solved or stalls first)"

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from assets import AssetError
 from checkpoint import ModelLoadError, load_model
 from history import TaskProtocolError
-from loop import STRATEGIES, Policy, TrainingDiverged, resolve_settings, search
+from loop import STRATEGIES, Policy, Search, TrainingDiverged, resolve_settings, search
 from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
 from settings import KNOBS, UsageError
 from tasks import expand_targets, load_task_class
@@ -167,14 +167,15 @@ def gather_failures(store, rank: int, world: int, failure: Exception | None) -> 
 
 
 def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quiet: bool) -> None:
-    """This process's share of the targets, one search each, with the model loaded once."""
+    """This process's share of the targets, one search each, advanced in lockstep by --lockstep at a time (each
+    with its own adapter of the model's bank), with the model loaded once."""
     try:
         model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
     except ModelLoadError as e:
         raise UsageError(str(e))
-    policy = Policy(model.eval(), tokenizer, s)
-    for t in mine:
-        search(dataclasses.replace(s, target=t), out / slug(t), policy, tasks_by_target[t], quiet=quiet)
+    policy = Policy(model.eval(), tokenizer, s, adapters=min(s.lockstep, len(mine)))
+    search(policy, [Search(dataclasses.replace(s, target=t), tasks_by_target[t], out / slug(t)) for t in mine],
+           quiet=quiet)
 
 
 # ----------------------------------------------------------------------------------------------------------

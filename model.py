@@ -8,11 +8,13 @@ transformers does, refusing any setting it does not implement.
 Parameter names are exactly those of Hugging Face's LlamaForCausalLM, so an HF state dict loads as is.
 The forward pass can read and write a preallocated KV cache (`KVCache`) at explicit slots; the sampler owns the
 cache policy (padding, masks, which slots). LoRA: `LoRALinear` keeps the frozen base weight under its original
-name (`...q_proj.weight`) next to `lora_A` / `lora_B`, so checkpoints load before or after `add_lora`.
+name (`...q_proj.weight`) next to a bank of adapters `lora_A` / `lora_B`, one per search of a lockstep sweep
+(`adapter_rows` says which rows use which), so checkpoints load before or after `add_lora`.
 
 Deliberately left out: tokenisation (the model only sees ids), sliding-window attention, MoE, rope types other
 than the default and "llama3", quantised matmuls (weights are dequantised by the loader), tensor parallelism.
 """
+import contextlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,18 +209,71 @@ class KVCache:
 
 @dataclass
 class SharedPrefix:
-    """Keys and values of one prompt that every row of a batch continues, kept with their autograd graph.
+    """Keys and values of the prompts that the rows of a batch continue, kept with their autograd graph.
 
     Training scores G completions of the same prompt. Running the prompt once and letting every completion
     attend to its keys and values gives the same hidden states and gradients as G full rows, for the price of
-    one prompt instead of G. A forward pass over the prompt, tokens (1, P), fills an empty SharedPrefix; the
-    next pass, tokens (B, T) at positions P..P+T-1, reads it.
+    one prompt instead of G. A forward pass over the prompts, tokens (U, P), fills an empty SharedPrefix; the
+    next pass, tokens (B, T), reads it: each row continues its prompt at the prompt's length.
+
+    One prompt (U = 1) is read by every row. A lockstep sweep trains U searches at once, each with its own
+    prompt: then `rows[u]` contiguous rows continue prompt u, and prompts of other lengths are left-padded by
+    `pad[u]` tokens, which no row attends to.
     """
-    k: list = field(default_factory=list)  # per layer (1, n_kv_heads, P, head_dim)
+    k: list = field(default_factory=list)  # per layer (U, n_kv_heads, P, head_dim)
     v: list = field(default_factory=list)
+    rows: list[int] | None = None  # completion rows per prompt; None: one prompt for every row
+    pad: torch.Tensor | None = None  # (U,) left padding of each prompt; None: none
 
     def __len__(self) -> int:
         return self.k[0].shape[2] if self.k else 0
+
+    def check_rows(self, B: int) -> None:
+        """Reading: every row continues exactly one prompt."""
+        U = self.k[0].shape[0]
+        if (self.rows is None and U != 1) or (self.rows is not None and (len(self.rows) != U or sum(self.rows) != B)):
+            raise ValueError(f"a shared prefix of {U} prompts read by {B} rows needs rows per prompt summing to {B}, "
+                             f"got {self.rows}")
+
+    def positions(self, B: int, T: int, device) -> torch.Tensor:
+        """(B, T) rotary positions: of the prompt tokens while filling, of the rows' tokens after."""
+        t = torch.arange(T, device=device)
+        if not self.k:  # filling: 0 at each prompt's first real token
+            return (t - (self.pad[:, None] if self.pad is not None else 0)).clamp(min=0).expand(B, T)
+        length = len(self) - (self.pad if self.pad is not None else torch.zeros(1, dtype=torch.long, device=device))
+        return (self.per_row(length)[:, None] + t).expand(B, T)
+
+    def per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """x (U, ...) -> (B, ...): each prompt's entry repeated for its rows."""
+        if self.rows is None:
+            return x
+        return x.repeat_interleave(torch.tensor(self.rows, device=x.device), dim=0)
+
+    def fill_mask(self, P: int, device) -> torch.Tensor | None:
+        """(U, 1, P, P) causal attention over each prompt's real tokens (a padding query sees itself, so no
+        softmax row is empty), or None (plain causal) without padding."""
+        if self.pad is None or not self.pad.any():
+            return None
+        slots = torch.arange(P, device=device)
+        real = slots[None, :] >= self.pad[:, None]  # (U, P)
+        causal = slots[:, None] >= slots[None, :]
+        return (causal & (real[:, None, :] | torch.eye(P, dtype=torch.bool, device=device)))[:, None]
+
+    def read(self, layer: int, k, v, T: int):
+        """Keys and values of every row: its prompt's, then its own (B, n_kv_heads, P + T, head_dim), and the
+        mask (B or 1, 1, T, P + T): the whole real prompt, then the row's own tokens causally."""
+        P = len(self)
+        B = k.shape[0]
+        kp, vp = self.k[layer], self.v[layer]
+        if self.rows is None:
+            kp, vp = kp.expand(B, -1, -1, -1), vp.expand(B, -1, -1, -1)
+        else:
+            kp, vp = self.per_row(kp), self.per_row(vp)
+        mask = torch.ones(T, P + T, dtype=torch.bool, device=k.device).tril(diagonal=P)
+        if self.pad is not None and self.pad.any():
+            real = torch.arange(P + T, device=k.device)[None, :] >= self.per_row(self.pad)[:, None]  # (B, P + T)
+            mask = (mask[None] & real[:, None, :])[:, None]
+        return torch.cat([kp, k], dim=2), torch.cat([vp, v], dim=2), mask
 
 
 def decode_attention(q, k, v, mask):
@@ -271,11 +326,9 @@ class Attention(nn.Module):
         if prefix is not None and len(prefix.k) <= layer:  # filling: this layer's prompt keys and values
             prefix.k.append(k)
             prefix.v.append(v)
-        elif prefix is not None:  # reading: every row sees the whole prompt, then its own tokens causally
-            P = prefix.k[layer].shape[2]
-            k = torch.cat([prefix.k[layer].expand(B, -1, -1, -1), k], dim=2)
-            v = torch.cat([prefix.v[layer].expand(B, -1, -1, -1), v], dim=2)
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            mask = prefix.fill_mask(T, x.device)
+        elif prefix is not None:  # reading: every row sees its whole prompt, then its own tokens causally
+            k, v, mask = prefix.read(layer, k, v, T)
         causal = mask is None and T > 1
         if T == 1:
             y = decode_attention(q, k, v, mask)
@@ -360,31 +413,32 @@ class Transformer(nn.Module):
                 prefix: SharedPrefix | None = None):
         """tokens (B, T) long -> logits (B, T, V) float32, or final-norm hidden states (B, T, D).
 
-        positions (B, T): rotary positions; default 0..T-1, cache.slots when a cache is given, or
-        len(prefix)..len(prefix)+T-1 when a filled prefix is read.
+        positions (B, T): rotary positions; default 0..T-1, cache.slots when a cache is given, or as the prefix
+        says (SharedPrefix.positions).
         cache: read and written as described in KVCache (inference).
         prefix: filled when empty, else read, as described in SharedPrefix (training).
         """
         B, T = tokens.shape
         if cache is not None and prefix is not None:
             raise ValueError("a forward pass takes a KV cache or a shared prefix, not both")
-        if prefix is not None and not prefix.k and B != 1:
-            raise ValueError(f"a shared prefix is filled from one prompt, tokens (1, P); got {B} rows")
-        if positions is None:
-            if cache is not None:
-                base = cache.slots
-            else:
-                start = len(prefix) if prefix is not None else 0  # 0 while the prefix is being filled
-                base = torch.arange(start, start + T, device=tokens.device)
-            positions = base.expand(B, T)
+        if prefix is not None and prefix.k:
+            prefix.check_rows(B)
+        if positions is None and prefix is not None:
+            positions = prefix.positions(B, T, tokens.device)
+        elif positions is None:
+            positions = (cache.slots if cache is not None else torch.arange(T, device=tokens.device)).expand(B, T)
         x = self.model.embed_tokens(tokens)  # (B, T, D)
         cos, sin = self.rope(positions, x.dtype)
         # Activation checkpointing (training only): keep each layer's input, recompute its inside in backward. A
         # prefix being filled is not checkpointed: its recomputation would append the prompt's keys again.
         recompute = self.checkpointing and torch.is_grad_enabled() and cache is None and (prefix is None or len(prefix))
+        if recompute:  # the recomputation in backward runs under the adapter rows of this forward
+            rows = next((m.rows for m in self.modules() if isinstance(m, LoRALinear)), None)
+            same_rows = lambda: (contextlib.nullcontext(), adapter_rows(self, rows))  # noqa: E731
         for i, layer in enumerate(self.model.layers):
             if recompute:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, cache, prefix, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, cache, prefix, use_reentrant=False,
+                                                      context_fn=same_rows)
             else:
                 x = layer(x, cos, sin, i, cache, prefix)
         x = self.model.norm(x)
@@ -396,11 +450,15 @@ class Transformer(nn.Module):
 # ----------------------------------------------------------------------------------------------------- LoRA
 
 class LoRALinear(nn.Module):
-    """y = x W^T + b + scale * dropout(x) A^T B^T, with W, b frozen. A is kaiming-uniform, B zero, so the
-    adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`); A and B are
-    float32 master weights, cast to the compute dtype in forward."""
+    """y = x W^T + b + scale * dropout(x) A_s^T B_s^T, with W, b frozen and s the adapter of each row.
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    A bank of S adapters, one per search of a lockstep sweep (S = 1 for one search): lora_A (S, r, in) and
+    lora_B (S, out, r). Which rows use which adapter is `rows` (set by `adapter_rows`): None sends every row
+    to adapter 0, else rows[s] contiguous rows go to adapter s, in adapter order. A is kaiming-uniform and B zero,
+    so an adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`); A and
+    B are float32 master weights, cast to the compute dtype in forward."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, adapters: int = 1):
         super().__init__()
         if r <= 0:
             raise ValueError(f"LoRA rank must be positive, got {r}")
@@ -409,40 +467,57 @@ class LoRALinear(nn.Module):
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        # The adapter (and so AdamW's state) is float32 whatever the base dtype: in bfloat16 most of an update of
-        # size lr ~ 1e-5 would round away. The forward casts it to the input's dtype.
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device,
+        # The adapters (and so AdamW's state) are float32 whatever the base dtype: in bfloat16 most of an update
+        # of size lr ~ 1e-5 would round away. The forward casts them to the input's dtype.
+        self.lora_A = nn.Parameter(torch.empty(adapters, r, base.in_features, device=base.weight.device,
                                                dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device,
+        self.lora_B = nn.Parameter(torch.zeros(adapters, base.out_features, r, device=base.weight.device,
                                                dtype=torch.float32))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the nn.Linear default init
+        for A in self.lora_A.data:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # the nn.Linear default init, per (r, in) adapter
         self.scale = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.disabled = False
+        self.rows: list[int] | None = None
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
-        if self.disabled:
-            return y
-        A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        return y + F.linear(F.linear(self.dropout(x), A), B) * self.scale
+        return y if self.disabled else y + self.delta(x)
+
+    def delta(self, x):
+        """scale * dropout(x) A_s^T B_s^T for the adapter s of each row of x (B, ..., in), in x's dtype."""
+        A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)  # (S, r, in), (S, out, r)
+        x = self.dropout(x)
+        if self.rows is None:
+            return F.linear(F.linear(x, A[0]), B[0]) * self.scale
+        if len(self.rows) == A.shape[0] and len(set(self.rows)) == 1:  # one equal block per adapter: a batched
+            # product over the adapter axis
+            h = x.reshape(len(self.rows), -1, x.shape[-1])  # (S, rows * T, in)
+            out = torch.bmm(torch.bmm(h, A.transpose(1, 2)), B.transpose(1, 2))  # (S, rows * T, out)
+            return out.reshape(*x.shape[:-1], -1) * self.scale
+        # Blocks of other sizes (rows that finished sampling have left): one product per adapter, the slow twin
+        # of the batched one above.
+        parts = [F.linear(F.linear(xs, A[s]), B[s]) for s, xs in enumerate(x.split(self.rows)) if self.rows[s]]
+        return torch.cat(parts) * self.scale
 
 
 def _lora_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.0) -> list[nn.Parameter]:
-    """Freeze every parameter, wrap each nn.Linear whose name ends in one of `targets`; return the LoRA params."""
+def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.0,
+             adapters: int = 1) -> list[nn.Parameter]:
+    """Freeze every parameter, wrap each nn.Linear whose name ends in one of `targets` with a bank of `adapters`
+    LoRA adapters; return the LoRA parameters (each (adapters, ...)), A then B of each module in module order."""
     if _lora_modules(model):
-        raise ValueError("model already has LoRA adapters; call merge_lora first or reuse them")
+        raise ValueError("model already has LoRA adapters; reuse them")
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child_name in targets:
-                lora = LoRALinear(child, r, alpha, dropout)
+                lora = LoRALinear(child, r, alpha, dropout, adapters)
                 setattr(module, child_name, lora)
                 wrapped += [lora.lora_A, lora.lora_B]
     if not wrapped:
@@ -450,36 +525,51 @@ def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r=8, alpha=16, drop
     return wrapped
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+def seeded_adapter(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The adapter add_lora makes after torch.manual_seed(seed): A kaiming-uniform from that seed, module by
+    module, B zero. A sweep gives each search the adapter of its own seed."""
+    torch.manual_seed(seed)
+    out = {}
+    for name, m in _lora_modules(model):
+        A = torch.empty(m.lora_A.shape[1:], device=m.lora_A.device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        out[f"{name}.lora_A"], out[f"{name}.lora_B"] = A, torch.zeros(m.lora_B.shape[1:], device=A.device)
+    return out
 
 
-def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+def lora_state_dict(model: nn.Module, adapter: int = 0) -> dict[str, torch.Tensor]:
+    """One adapter of the bank, under the module's names (`...q_proj.lora_A` (r, in), `...lora_B` (out, r))."""
+    return {k: v[adapter].detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], adapter: int = 0) -> None:
     own = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
     if set(own) != set(sd):
         missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
         raise ValueError(f"LoRA state dict does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     with torch.no_grad():
         for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"LoRA tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
-            own[k].copy_(v)
+            if own[k].shape[1:] != v.shape:
+                raise ValueError(f"LoRA tensor {k} has shape {tuple(v.shape)}, model expects "
+                                 f"{tuple(own[k].shape[1:])}")
+            own[k][adapter].copy_(v)
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold scale * B @ A into each base weight and put plain nn.Linear modules back."""
-    for name, lora in _lora_modules(model):
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        out_f, in_f = lora.weight.shape
-        linear = nn.Linear(in_f, out_f, bias=lora.bias is not None, device=lora.weight.device,
-                           dtype=lora.weight.dtype)
-        with torch.no_grad():
-            delta = (lora.lora_B.float() @ lora.lora_A.float()) * lora.scale
-            linear.weight.copy_(lora.weight.float() + delta)
-            if lora.bias is not None:
-                linear.bias.copy_(lora.bias)
-        linear.requires_grad_(False)
-        setattr(parent, name.rpartition(".")[2], linear)
+class adapter_rows:  # noqa: N801  a context manager, used as a function
+    """Inside the block, rows[s] contiguous rows of every batch use adapter s (None: adapter 0 for all). It may
+    be entered again (activation checkpointing re-enters it to recompute a layer under the same rows)."""
+
+    def __init__(self, model: nn.Module, rows: list[int] | None):
+        self.mods, self.rows, self.saved = [m for _, m in _lora_modules(model)], rows, []
+
+    def __enter__(self):
+        self.saved.append([m.rows for m in self.mods])
+        for m in self.mods:
+            m.rows = self.rows
+
+    def __exit__(self, *exc):
+        for m, before in zip(self.mods, self.saved.pop()):
+            m.rows = before
 
 
 @contextmanager

@@ -114,7 +114,7 @@ class FastLinear(nn.Module):
             y = y + m.bias
         # The adapter beside the frozen base, in float32; no dropout (sampling runs in eval mode).
         if isinstance(m, LoRALinear) and not m.disabled:
-            y = y + F.linear(F.linear(x.float(), m.lora_A), m.lora_B).to(x.dtype) * m.scale
+            y = y + m.delta(x.float()).to(x.dtype)  # each row's own adapter of the bank (model.adapter_rows)
         return y
 
 

@@ -75,41 +75,38 @@ def started(out: Path, targets: list[str]) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # state.pt: tensors and plain data only, so torch.load(weights_only=True) reads it and runs no code from it.
 
-def save_state(run_dir: Path, state: RunState, policy) -> None:
-    """Everything needed to continue exactly, written atomically (a crash leaves the previous state)."""
+def save_state(run_dir: Path, state: RunState, adapter: dict | None, optimizer: dict | None) -> None:
+    """Everything needed to continue exactly, written atomically (a crash leaves the previous state): the search's
+    state, its adapter and its optimiser's state (torch.optim.AdamW's format)."""
     import torch
     from history import history_data, islands_data
-    from model import lora_state_dict
     blob = dict(iteration=state.iteration, finished=state.finished, history=history_data(state.history),
                 islands=islands_data(state.islands), rng=state.rng.getstate(),
                 generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
-                adapter=lora_state_dict(policy.model) if policy.s.update else None,
-                optimizer=policy.optimizer.state_dict() if policy.optimizer else None)
+                adapter=adapter, optimizer=optimizer)
     buffer = io.BytesIO()  # serialised in memory, so that a full disk is an OSError of our own write
     torch.save(blob, buffer)
     atomic_write(run_dir / "state.pt", buffer.getvalue())
 
 
-def load_state(run_dir: Path, s, policy) -> RunState:
-    """The state saved after the last finished iteration; a file that cannot be read is a one-line error."""
+def load_state(run_dir: Path, device) -> tuple[RunState, dict | None, dict | None]:
+    """The state saved after the last finished iteration, with the adapter and optimiser state saved beside it;
+    a file that cannot be read is a one-line error."""
     import torch
     from history import History, history_from_data, islands_from_data
-    from model import load_lora_state_dict
     path = run_dir / "state.pt"
     try:
         blob = read_state_file(path)
         history, islands = blob["history"], blob["islands"]
-        if not isinstance(history, History):  # folders written before plain data hold the objects themselves
+        if not isinstance(history, History):  # the first format pickled these objects; such runs still resume
             history, islands = history_from_data(history), islands_from_data(islands)
         rng = random.Random()
         rng.setstate(blob["rng"])
-        gen = torch.Generator(device=s.device)
+        gen = torch.Generator(device=device)
         gen.set_state(blob["generator"])
         torch.set_rng_state(blob["torch_rng"])
-        if s.update:
-            load_lora_state_dict(policy.model, blob["adapter"])
-            policy.optimizer.load_state_dict(blob["optimizer"])
-        return RunState(history, islands, rng, gen, blob["iteration"], blob["finished"])
+        state = RunState(history, islands, rng, gen, blob["iteration"], blob["finished"])
+        return state, blob["adapter"], blob["optimizer"]
     except Exception as e:  # truncated, random bytes, foreign or tampered: nothing in it can be trusted
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise RunFolderError(f"{path} is damaged ({why}); this target cannot continue exactly: delete {run_dir} "
@@ -150,9 +147,8 @@ def keep_log_lines(path: Path, iterations: int) -> None:
     atomic_write(path, "".join(kept))
 
 
-def write_results(run_dir: Path, s, state: RunState, policy, task) -> dict:
+def write_results(run_dir: Path, s, state: RunState, adapter: dict | None, task) -> dict:
     from checkpoint import write_safetensors
-    from model import lora_state_dict
     records = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines()]
     best = state.history.best()
     entries = [dataclasses.asdict(e) for e in state.history.top(len(state.history.entries))]
@@ -163,9 +159,9 @@ def write_results(run_dir: Path, s, state: RunState, policy, task) -> dict:
                    first_solved_at=first_evaluation_reaching(records, task.solved_score),
                    report=task.report(entries), top=entries[:10])
     atomic_write(run_dir / "best.json", json.dumps(summary, indent=1))
-    if s.update:
+    if adapter is not None:
         try:
-            write_safetensors(run_dir / "adapter.safetensors", lora_state_dict(policy.model))
+            write_safetensors(run_dir / "adapter.safetensors", adapter)
         except OSError as e:
             raise write_failed(run_dir / "adapter.safetensors", e) from None
     atomic_write(run_dir / "plot.svg", plot_svg(records, f"{s.task} / {s.target} / {s.strategy}"))

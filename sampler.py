@@ -13,6 +13,11 @@ Sampling is inverse-CDF: one uniform per row from the given torch.Generator, loc
 probabilities (reproducible for a fixed seed, no host sync). On CPU it costs ~0.6 ms for 16 x 49152 logits where
 the exponential trick (argmax p / E, E ~ Exp(1)) spent ~12 ms drawing one exponential per vocabulary entry.
 
+Many searches in one call (a lockstep sweep): `adapters` names each prompt's LoRA adapter, one per search, and
+the generator is then one per adapter. Rows stay in adapter order, each adapter's rows draw their uniforms from
+its own generator in their own order, and the model's LoRA layers see which rows are whose (model.adapter_rows):
+every search samples what it would sample alone.
+
 Deliberately left out: beam search, repetition penalties, speculative decoding, paged caches, prompts
 prefilled in chunks, a shared prefix across different prompts.
 """
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import KVCache, Transformer
+from model import KVCache, Transformer, adapter_rows
 from quant import sampling_weights
 
 
@@ -33,8 +38,11 @@ class Samples:
     finish: list[str]  # "eos", "stop" or "length"
 
 
-def sample_logits(logits, temperature=1.0, top_p=1.0, generator=None):
+def sample_logits(logits, temperature=1.0, top_p=1.0, generator=None, rows=None):
     """logits (B, V) float32 -> (token (B,) long, logprob (B,) float32).
+
+    generator: one torch.Generator for every row, or a list of them with `rows`, how many consecutive rows draw
+    from each (a lockstep sweep: one generator per search).
 
     The log-prob is taken under the tempered, top-p filtered distribution that was sampled from; at
     temperature 0 (greedy) it is the untempered model log-prob, since the greedy point mass says nothing.
@@ -54,9 +62,17 @@ def sample_logits(logits, temperature=1.0, top_p=1.0, generator=None):
     # Inverse-CDF sampling: one uniform per row. The float64 running sum keeps the rounding far below any
     # probability that matters; right=True never lands on a zero-probability (filtered) token.
     cdf = logp.exp().double().cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = uniforms(cdf.shape[0], generator, rows, cdf.device, cdf.dtype) * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+def uniforms(B: int, generator, rows, device, dtype) -> torch.Tensor:
+    """(B, 1) uniforms: from one generator, or rows[i] of them from generator[i], in order."""
+    if rows is None:
+        return torch.rand(B, 1, generator=generator, device=device, dtype=dtype)
+    return torch.cat([torch.rand(n, 1, generator=g, device=device, dtype=dtype)
+                      for g, n in zip(generator, rows) if n])
 
 
 def _decode_step(model, tok, pos, cache):
@@ -100,11 +116,13 @@ def _first_stop(ids: list[int], start: int, decode, stop) -> int | None:
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_p=1.0,
              eos_ids=(), decode=None, stop=(), generator=None, compile=False, check_every=None,
-             weights="model") -> Samples:
+             weights="model", adapters: list[int] | None = None) -> Samples:
     """Sample up to max_new_tokens after each prompt (ragged token-id lists); see the module docstring.
     weights: "model" (the model's own), or "packed" / "int4" base weights for the decode steps (quant.py).
     check_every: steps between looks at the new tokens; None = every step on CPU, where reading them costs no
-    device synchronisation and a finished row stops costing steps at once, else every 8 steps."""
+    device synchronisation and a finished row stops costing steps at once, else every 8 steps.
+    adapters: each prompt's LoRA adapter, in ascending order, with `generator` a list of one per adapter
+    (a lockstep sweep); None: adapter 0 and one generator for every row."""
     if check_every is None:
         check_every = 1 if model.lm_head.weight.device.type == "cpu" else 8
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -113,29 +131,60 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
         raise ValueError("need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1 and check_every >= 1")
     if stop and decode is None:
         raise ValueError("stop strings need a decode function")
+    if adapters is not None and (len(adapters) != len(prompts) or adapters != sorted(adapters)
+                                 or not isinstance(generator, list) or max(adapters) >= len(generator)):
+        raise ValueError("adapters need one ascending entry per prompt and a list of generators, one per adapter")
     B, eos = len(prompts), set(int(e) for e in eos_ids)
     out_tok, out_lp = [[] for _ in range(B)], [[] for _ in range(B)]
     finish = ["length"] * B
+    groups = RowGroups(adapters, len(generator) if adapters is not None else 1)
     with torch.inference_mode(), sampling_weights(model, weights):
-        _run(model, prompts, max_new_tokens, (temperature, top_p, generator), eos, decode, tuple(stop),
+        _run(model, prompts, max_new_tokens, (temperature, top_p, generator), groups, eos, decode, tuple(stop),
              compile, check_every, out_tok, out_lp, finish)
     text = [decode([t for t in row if t not in eos]) for row in out_tok] if decode is not None else None
     return Samples(out_tok, out_lp, text, finish)
 
 
-def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_every, out_tok, out_lp, finish):
+@dataclass
+class RowGroups:
+    """Which adapter (and generator) each request's row belongs to: `of` (one per request, ascending), or None
+    for one adapter. `rows(requests)` counts a batch's rows per adapter, as model.adapter_rows and
+    sample_logits take them."""
+    of: list[int] | None
+    n: int
+
+    def rows(self, requests) -> list[int] | None:
+        if self.of is None:
+            return None
+        counts = [0] * self.n
+        for r in requests:
+            counts[self.of[r]] += 1
+        return counts
+
+
+def _run(model, prompts, max_new, sampling, groups, eos, decode, stop, compile, check_every, out_tok, out_lp,
+         finish):
     """The decode loop; fills out_tok, out_lp and finish in place."""
     if max_new == 0:
         return
     device = model.lm_head.weight.device
-    # Prefill each distinct prompt once; row_src maps every request to its prefilled row.
+    temperature, top_p, generator = sampling
+    # Prefill each distinct (adapter, prompt) once; row_src maps every request to its prefilled row.
     uniq: dict[tuple, int] = {}
-    row_src = torch.tensor([uniq.setdefault(tuple(p), len(uniq)) for p in prompts], device=device)
+    first: list[int] = []  # a request of each distinct prompt, for its adapter
+    for r, p in enumerate(prompts):
+        key = (groups.of[r] if groups.of else 0, tuple(p))
+        if key not in uniq:
+            uniq[key] = len(uniq)
+            first.append(r)
+    row_src = torch.tensor([uniq[groups.of[r] if groups.of else 0, tuple(p)] for r, p in enumerate(prompts)],
+                           device=device)
     static = _cuda_graphs(compile, device)
     # A CUDA graph holds one cache shape: prompts are padded to a multiple of STATIC_BUCKET, so the loop's prompts,
     # whose lengths change from one iteration to the next, reuse a few graphs instead of capturing one each time.
-    bucket = -(-max(len(p) for p in uniq) // STATIC_BUCKET) * STATIC_BUCKET if static else 0
-    small, logits, pad = _prefill(model, [list(p) for p in uniq], device, bucket)
+    bucket = -(-max(len(p) for _, p in uniq) // STATIC_BUCKET) * STATIC_BUCKET if static else 0
+    with adapter_rows(model, groups.rows(first)):
+        small, logits, pad = _prefill(model, [list(p) for _, p in uniq], device, bucket)
     P, S = small.length, small.length + max_new
     cache = KVCache.empty(model.cfg, len(prompts), S, device, small.k.dtype)
     cache.k[:, :, :, :P] = small.k[:, row_src]  # (n_layers, B, n_kv_heads, P, head_dim)
@@ -154,8 +203,9 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
     else:
         step = torch.compile(_decode_step, dynamic=True) if compile else _decode_step
     toks, lps = [], []  # this window's (B_live,) tensors
+    rows = groups.rows(alive)  # live rows per adapter
     for t in range(max_new):
-        tok, lp = sample_logits(logits, *sampling)
+        tok, lp = sample_logits(logits, temperature, top_p, generator, rows)
         toks.append(tok)
         lps.append(lp)
         last = t == max_new - 1
@@ -170,13 +220,15 @@ def _run(model, prompts, max_new, sampling, eos, decode, stop, compile, check_ev
                 cache.k, cache.v = cache.k[:, idx], cache.v[:, idx]
                 key_ok, pos, tok = key_ok[idx], pos[idx], tok[idx]
                 alive = [alive[i] for i in keep]
+                rows = groups.rows(alive)
         # Write the sampled token at slot P + t and read slots [0, P + t + 1), or the full cache when compiled
         # (static shapes, one graph).
         cache.slots = slot_ids[P + t:P + t + 1]
         cache.length = S if compile else P + t + 1
         if padded or compile:
             cache.mask = (key_ok & (slot_ids <= P + t))[:, None, None, :cache.length]  # (B, 1, 1, length)
-        logits = step(model, tok[:, None], pos + t, cache)
+        with adapter_rows(model, rows):
+            logits = step(model, tok[:, None], pos + t, cache)
 
 
 STATIC_BUCKET = 64  # prompt slots of a CUDA-graph cache come in multiples of this

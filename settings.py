@@ -72,12 +72,16 @@ class Settings:
     threads: int = knob(0, "CPU threads; 0: one per core this process may use, shared among torchrun's processes "
                            "on the machine (never the load: one command on one machine gives one result)",
                         default_text="cores")
+    lockstep: int = knob(16, "searches of a sweep advanced together in one process, each with its own adapter: "
+                             "one sampler call and one update for all of them; 1: one search at a time")
     compile_sampler: bool = knob(False, "torch.compile the sampler's decode step (a CUDA graph on a GPU)",
                                  flag="--compile")
     compile_logprobs: bool = knob(False, "torch.compile the fused log-prob chunk")
-    sample_weights: str = knob("auto", "base weights of the sampler's decode steps (quant.py): the model's own, "
-                                       "oneDNN-packed float32, or 4-bit (the GGUF's codes); auto: int4 for a float32 "
-                                       "model on CPU, else model", choices=("auto", "model", "packed", "int4"))
+    sample_weights: str = knob("model", "base weights of the sampler's decode steps (quant.py): the model's own, "
+                                        "oneDNN-packed float32, or 4-bit (the GGUF's codes: faster for a few rows on "
+                                        "CPU, but an approximation of the model, whose use depends on the batch "
+                                        "size); auto: int4 for a float32 model on CPU", choices=("auto", "model",
+                                                                                                "packed", "int4"))
     task_options: dict = field(default_factory=dict)
 
     @property
@@ -90,7 +94,7 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default
 
 
 POSITIVE = ("budget", "iterations", "patience", "topk", "mu", "max_new_tokens", "lora_r", "lora_alpha", "islands",
-            "migrate_every")
+            "migrate_every", "lockstep")
 AT_LEAST_ZERO = ("alpha", "beta", "gamma", "micro_batch", "threads", "temperature", "weight_decay", "max_grad_norm",
                  "kl_coef", "eps_low", "eps_high")
 DTYPES = ("float32", "bfloat16", "float16")

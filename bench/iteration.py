@@ -87,7 +87,7 @@ def copy_adapter(model: Transformer, peft_model) -> None:
     with torch.no_grad():
         for k, v in model.named_parameters():
             if ".lora_" in k:
-                theirs["base_model.model." + k + ".default.weight"].copy_(v)
+                theirs["base_model.model." + k + ".default.weight"].copy_(v[0])  # adapter 0 of the bank
                 n += 1
     assert n == sum(".lora_" in k for k in theirs), "LoRA modules differ between ours and peft"
 
@@ -235,7 +235,7 @@ def main():
     adv = group_advantages(torch.rand(args.group, generator=g) + 0.01).to(dev)  # rewards > 0: all in the loss
 
     def ours_logprobs(c):
-        return completion_logprobs(model, prompt_t, c, share_prompt_pays(prompt_t, len(c)),
+        return completion_logprobs(model, [prompt_t], c, [len(c)], share_prompt_pays(prompt_t, len(c)),
                                    compiled=args.compile_logprobs)
 
     gen = torch.Generator(device=dev).manual_seed(0)

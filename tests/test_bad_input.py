@@ -14,7 +14,7 @@ import rundir
 from settings import UsageError
 from tasks import expand_targets, load_task_class, task_class
 from tests.test_checkpoint import write_hf_folder
-from tests.test_loop import FruitTask, scripted, setup  # noqa: F401  (scripted is a fixture)
+from tests.test_loop import search_one, FruitTask, scripted, setup  # noqa: F401  (scripted is a fixture)
 from tests.tiny_model import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,12 +75,12 @@ def test_settings_only_the_model_can_judge_are_refused_before_any_work():
             loop.Policy(model, None, s)
 
 
-def test_a_prompt_and_completion_past_the_model_positions_stop_with_the_limit(scripted):
+def test_a_prompt_and_completion_past_the_model_positions_stop_with_the_limit(scripted, tmp_path):
     s, task, policy, state = setup("random")
     policy.model = tiny_model(max_seq_len=8)  # FruitTask's prompt is a few characters; 8 + 64 > 8
     plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     with pytest.raises(UsageError, match="pass the model's 8 positions; lower --max-new-tokens"):
-        loop.sample_members(policy, task, plan, state.generator)
+        loop.sample_members(policy, [loop.Search(s, task, tmp_path, state=state)], [plan])
 
 
 def test_a_diverging_update_stops_the_run_and_keeps_the_last_good_state(tmp_path):
@@ -89,7 +89,7 @@ def test_a_diverging_update_stops_the_run_and_keeps_the_last_good_state(tmp_path
     from tests.test_train import CountA, make_policy
     s, policy = make_policy("grpo", lr=3e37, iterations=6, patience=6)
     with pytest.raises(loop.TrainingDiverged, match="the update diverged.*Lower --lr"):
-        loop.search(s, tmp_path, policy, CountA("x"), quiet=True)
+        search_one(s, tmp_path, policy, CountA("x"))
     saved = rundir.read_state_file(tmp_path / "state.pt")
     assert all(v.isfinite().all() for v in saved["adapter"].values())
     lines = (tmp_path / "history.jsonl").read_text().splitlines()

@@ -267,7 +267,7 @@ def test_completion_logprobs_equal_full_rows_values_and_lora_gradients(shared):
     completions = torch.randint(1, 97, (3, 5), generator=g)
     completions[1, 3:] = 0  # padding, as pad_completions leaves it
     up = torch.randn(3, 5, generator=g)
-    got = completion_logprobs(model, prompt, completions, shared, chunk_tokens=4)
+    got = completion_logprobs(model, [prompt], completions, [3], shared, chunk_tokens=4)
     got_grads = torch.autograd.grad((got * up).sum(), params)
     rows = torch.cat([prompt.expand(3, -1), completions], dim=1)  # (3, 12)
     want = fused_logprobs(model, rows)[:, 6:]  # index j predicts token j + 1: completions start at 7
@@ -284,8 +284,44 @@ def test_completion_logprobs_of_one_token_completions():
     with torch.no_grad():
         want = fused_logprobs(model, torch.cat([prompt.expand(2, -1), completions], 1))[:, 2:]
         for shared in (True, False):
-            torch.testing.assert_close(completion_logprobs(model, prompt, completions, shared), want,
+            torch.testing.assert_close(completion_logprobs(model, [prompt], completions, [2], shared), want,
                                        atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared,checkpointing", [(True, False), (True, True), (False, False)])
+def test_a_bank_of_searches_gets_each_search_its_own_logprobs_and_gradient(shared, checkpointing):
+    """Three searches in one call (prompts of 7, 4 and 5 tokens, so two are left-padded; 2, 3 and 1 completion
+    rows; adapter 1 given no rows at all in a bank of 4): each search's log-probs and the gradient of its own
+    loss equal those of the same search run alone on a model holding only its adapter. float32: 1e-5."""
+    from model import add_lora, load_lora_state_dict, lora_state_dict
+    model = tiny_model(qk_norm=True, qkv_bias=True).train()
+    params = add_lora(model, r=4, alpha=8, adapters=4)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 0.1)
+    model.checkpointing = checkpointing
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, 97, (n,), generator=g) for n in (7, 1, 4, 5)]
+    rows = [2, 0, 3, 1]
+    completions = torch.randint(1, 97, (6, 5), generator=g)
+    completions[3, 2:] = 0
+    got = completion_logprobs(model, prompts, completions, rows, shared, chunk_tokens=4)
+    start = 0
+    for s, n in enumerate(rows):
+        if not n:
+            continue
+        block = completions[start:start + n]
+        alone = tiny_model(qk_norm=True, qkv_bias=True).train()
+        alone_params = add_lora(alone, r=4, alpha=8)
+        load_lora_state_dict(alone, lora_state_dict(model, s))
+        want = completion_logprobs(alone, [prompts[s]], block, [n], True, chunk_tokens=4)
+        torch.testing.assert_close(got[start:start + n], want, atol=1e-5, rtol=1e-5)
+        mine = torch.autograd.grad(got[start:start + n].sum(), params, retain_graph=True)
+        theirs = torch.autograd.grad(want.sum(), alone_params)
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a[s], b[0], atol=1e-5, rtol=1e-4)
+            assert all(a[o].abs().sum() == 0 for o in range(4) if o != s)  # no other adapter moves
+        start += n
 
 
 def test_sharing_the_prompt_pays_on_cpu_always_and_on_a_gpu_past_a_size():

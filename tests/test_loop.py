@@ -4,6 +4,7 @@ The sampler is replaced by a script that answers each prompt with a fixed comple
 score below is known in advance; no model runs here."""
 import random
 import types
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,16 @@ def scripted():
     SAMPLER[0] = None
 
 
+def search_one(s, run_dir, policy, task):
+    """One search to its end: a sweep of one (loop.search); returns its summary."""
+    return loop.search(policy, [loop.Search(s, task, run_dir)], quiet=True)[0]
+
+
+def one_iteration(state, policy, task):
+    """One iteration of one search (loop.run_iteration of a sweep of one); returns its record."""
+    return loop.run_iteration(policy, [loop.Search(policy.s, task, Path("unused"), state=state)])[0]
+
+
 def setup(strategy, budget=1000):
     task = FruitTask("x")
     s = loop.resolve_settings(FruitTask, strategy, {"budget": budget, "device": "cpu"})
@@ -105,7 +116,7 @@ def test_warm_start_is_scored_before_iteration_one():
 
 def test_random_is_on_policy_only(scripted):
     s, task, policy, state = setup("random")
-    rec = loop.run_iteration(state, policy, task)
+    rec = one_iteration(state, policy, task)
     assert [m["origin"] for m in rec["members"]] == ["on-policy"] * 4
     assert scripted[0] == ["policy>["] * 4  # one sampler call, four copies of the on-policy prompt
     assert [m["reward"] for m in rec["members"]] == [1.0] * 4  # best of plum (0.7) and kiwi (1.0)
@@ -129,7 +140,7 @@ def test_greedy_member_is_a_topk_past_solution(scripted):
         picked.add(plan2[-1][0].text)
     assert picked == {"[apple]", "[pear]"}  # top-2 of apple .9, pear .5, fig .2: both drawn, fig never
     state.rng.seed(1)
-    rec = loop.run_iteration(state, policy, task)
+    rec = one_iteration(state, policy, task)
     g = [m for m in rec["members"] if m["origin"] == "greedy"][0]
     stored = {"apple": 0.9, "pear": 0.5}[g["parent"]]
     assert g["reward"] == stored and g["candidates"][0]["status"] == "repeat"  # stored score, no new evaluation
@@ -160,7 +171,7 @@ def test_opro_lists_topk_worst_to_best_and_migrate_opro_inserts_the_best(scripte
 
 def test_migrate_group_counts(scripted):
     s, task, policy, state = setup("migrate")
-    rec = loop.run_iteration(state, policy, task)
+    rec = one_iteration(state, policy, task)
     origins = [m["origin"] for m in rec["members"]]
     assert origins == ["on-policy"] * 2 + ["neighbourhood"] * 2 + ["greedy"]
     ns = [m for m in rec["members"] if m["origin"] == "neighbourhood"]
@@ -177,7 +188,7 @@ def test_evo_follows_the_released_island_database(scripted):
     plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
     assert kinds == [("on-policy", "on-policy")] * 2 + [("neighbourhood", "on-policy")] * 2
-    loop.run_iteration(state, policy, task)  # island 3 empty: no parent, no greedy member
+    one_iteration(state, policy, task)  # island 3 empty: no parent, no greedy member
     assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
     plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
     parents = {m.parent for m, _ in plan if m.origin in ("neighbourhood", "greedy")}
@@ -205,7 +216,7 @@ def test_island_database_archive_explore_exploit_and_ring_migration():
 
 def test_budget_is_never_exceeded(scripted):
     s, task, policy, state = setup("random", budget=4)
-    rec = loop.run_iteration(state, policy, task)
+    rec = one_iteration(state, policy, task)
     assert state.history.evaluations == 4 and state.history.exhausted
     first = rec["members"][0]["candidates"]
     assert [c["status"] for c in first] == ["new", "over_budget"]
@@ -267,13 +278,13 @@ def test_plot_is_an_svg_with_both_lines():
 def test_a_search_that_finds_nothing_new_stops_after_patience(scripted, tmp_path):
     s, task, policy, _ = setup("random")
     s.iterations, s.patience, s.early_stop = 50, 3, False
-    summary = loop.search(s, tmp_path, policy, task, quiet=True)
+    summary = search_one(s, tmp_path, policy, task)
     # iteration 1 scores plum and kiwi; every later answer repeats them, so iterations 2-4 find nothing new
     assert summary["iterations"] == 4 and summary["evaluations"] == 5
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 5  # warm start + 4 iterations
     # patience as long as the cap (bench/search.py's protocols, as the released code): every iteration runs
     s.iterations = s.patience = 8
-    assert loop.search(s, tmp_path / "capped", policy, task, quiet=True)["iterations"] == 8
+    assert search_one(s, tmp_path / "capped", policy, task)["iterations"] == 8
 
 
 class PairTask(FruitTask):
@@ -327,7 +338,7 @@ def test_packed_iteration_asks_one_call_per_prompt_for_alpha_and_gamma_words(scr
     s, task, policy, state = setup("migrate")
     task = PairTask("x")
     s.pack, s.alpha, s.beta, s.gamma = True, 3, 0, 3
-    rec = loop.run_iteration(state, policy, task)
+    rec = one_iteration(state, policy, task)
     assert len(scripted[0]) == 2  # one on-policy call and one neighbourhood call
     assert [(m["origin"], m["prompt"]) for m in rec["members"]] == [("on-policy", "on-policy"), ("neighbourhood", "ns")]
     assert len(rec["packed"]) == 3 and rec["mean_reward"] == sum(p["reward"] for p in rec["packed"]) / 3

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import (KVCache, LoRALinear, ModelConfig, add_lora, load_lora_state_dict, lora_disabled,
-                   lora_state_dict, merge_lora, rope_inv_freq)
+                   lora_state_dict, rope_inv_freq)
 from tests.tiny_model import tiny_config, tiny_model
 
 TOKENS = torch.tensor([[5, 17, 42, 3, 88, 60, 1, 29, 71, 12, 9, 33]])
@@ -253,6 +253,10 @@ def test_lora_starts_as_identity_and_trains_only_adapters():
     assert lora.scale == 2.0
 
 
+def _lora_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
 def _randomise_lora(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -261,7 +265,12 @@ def _randomise_lora(model, seed=0):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def test_lora_merge_disable_and_state_dict_round_trip():
+def merged(lora) -> torch.Tensor:
+    """The weight a LoRA layer stands for: W + scale * B A (its one adapter)."""
+    return lora.weight + lora.scale * lora.lora_B[0] @ lora.lora_A[0]
+
+
+def test_lora_math_disable_and_state_dict_round_trip():
     model = tiny_model(0)
     with torch.no_grad():
         base = model(TOKENS)
@@ -286,10 +295,10 @@ def test_lora_merge_disable_and_state_dict_round_trip():
         load_lora_state_dict(other, {k: v for k, v in sd.items() if "layers.0" not in k})
     # Base weights keep their Hugging Face names under the adapter.
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()
-    merge_lora(model)
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    with torch.no_grad():
-        torch.testing.assert_close(model(TOKENS), adapted, atol=1e-5, rtol=1e-5)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    for _, lora in _lora_layers(model):
+        with torch.no_grad():
+            torch.testing.assert_close(lora(x), x @ merged(lora).T, atol=1e-5, rtol=1e-5)
 
 
 def test_lora_on_biased_projections_and_errors():
@@ -300,16 +309,80 @@ def test_lora_on_biased_projections_and_errors():
     _randomise_lora(model, 1)
     with torch.no_grad():
         adapted = model(TOKENS)
-    merge_lora(model)
-    with torch.no_grad():
-        torch.testing.assert_close(model(TOKENS), adapted, atol=1e-5, rtol=1e-5)
         assert (adapted - base).abs().max() > 1e-3
+        x = torch.randn(3, 32, generator=torch.Generator().manual_seed(6))
+        for _, lora in _lora_layers(model):
+            torch.testing.assert_close(lora(x), x @ merged(lora).T + lora.bias if lora.bias is not None
+                                       else x @ merged(lora).T, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="no nn.Linear"):
         add_lora(tiny_model(0), targets=("wq",))
     m = tiny_model(0)
     add_lora(m)
     with pytest.raises(ValueError, match="already"):
         add_lora(m)
+
+
+def bank_model(adapters=3):
+    """A tiny model with a bank of adapters, each made different (B random per adapter)."""
+    model = tiny_model(0)
+    add_lora(model, r=4, alpha=8, adapters=adapters)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, lora in _lora_layers(model):
+            lora.lora_B.copy_(0.1 * torch.randn(lora.lora_B.shape, generator=g))
+    return model
+
+
+def alone(model, tokens, adapter):
+    """The forward of one adapter of the bank, as a model holding that adapter alone computes it."""
+    single = tiny_model(0)
+    add_lora(single, r=4, alpha=8)
+    load_lora_state_dict(single, lora_state_dict(model, adapter))
+    with torch.no_grad():
+        return single(tokens)
+
+
+@pytest.mark.parametrize("rows", [[2, 2, 2], [1, 3, 2], [2, 0, 1], [0, 0, 3]])
+def test_each_row_of_a_bank_runs_its_own_adapter(rows):
+    """Equal blocks take the batched product over the adapter axis, other blocks its twin, one product per
+    adapter: either way a row's output is its adapter's alone. float32: 1e-5."""
+    from model import adapter_rows
+    model = bank_model()
+    g = torch.Generator().manual_seed(8)
+    tokens = torch.randint(0, 97, (sum(rows), 6), generator=g)
+    with torch.no_grad(), adapter_rows(model, rows):
+        got = model(tokens)
+    start = 0
+    for a, n in enumerate(rows):
+        if n:
+            torch.testing.assert_close(got[start:start + n], alone(model, tokens[start:start + n], a),
+                                       atol=1e-5, rtol=1e-5)
+        start += n
+    assert (alone(model, tokens, 0) - alone(model, tokens, 1)).abs().max() > 1e-3  # the adapters differ
+
+
+def test_a_bank_gives_each_adapter_only_its_rows_gradient():
+    from model import adapter_rows
+    model = bank_model(2)
+    tokens = torch.randint(0, 97, (4, 5), generator=torch.Generator().manual_seed(9))
+    with adapter_rows(model, [2, 2]):
+        model(tokens)[:2].sum().backward()  # a loss of adapter 0's rows only
+    lora = model.model.layers[0].self_attn.q_proj
+    assert lora.lora_B.grad[0].abs().sum() > 0 and lora.lora_B.grad[1].abs().sum() == 0
+
+
+def test_seeded_adapter_is_what_add_lora_makes_after_that_seed():
+    from model import seeded_adapter
+    torch.manual_seed(11)
+    model = tiny_model(0)
+    torch.manual_seed(11)
+    add_lora(model, r=4, alpha=8)
+    made = lora_state_dict(model)
+    again = seeded_adapter(model, 11)
+    assert set(again) == set(made)
+    for k in made:
+        assert torch.equal(again[k], made[k]), k
+    assert not torch.equal(seeded_adapter(model, 12)[next(iter(made))], made[next(iter(made))])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -344,11 +417,17 @@ def test_shared_prefix_forward_equals_full_rows():
     torch.testing.assert_close(tail, full[:, 6:], atol=1e-5, rtol=1e-5)
 
 
-def test_shared_prefix_is_filled_from_one_row_and_not_mixed_with_a_cache():
+def test_shared_prefix_rows_must_say_which_prompt_they_continue_and_not_mix_with_a_cache():
     from model import KVCache, SharedPrefix
     model = tiny_model()
-    with pytest.raises(ValueError, match="one prompt"):
-        model(torch.zeros(2, 3, dtype=torch.long), prefix=SharedPrefix())
+    with torch.no_grad():
+        two = SharedPrefix()
+        model(torch.zeros(2, 3, dtype=torch.long), prefix=two)  # two prompts fill it
+        with pytest.raises(ValueError, match="2 prompts read by 3 rows"):
+            model(torch.zeros(3, 1, dtype=torch.long), prefix=two)  # but no rows say which row reads which
+        two.rows = [1, 1]
+        with pytest.raises(ValueError, match="summing to 3"):
+            model(torch.zeros(3, 1, dtype=torch.long), prefix=two)
     cache = KVCache.empty(model.cfg, 1, 4)
     cache.slots, cache.length = torch.arange(3), 3
     with pytest.raises(ValueError, match="not both"):

@@ -118,7 +118,7 @@ def test_fast_linear_with_lora_equals_the_module(kind, tol):
     with torch.inference_mode():
         base_w = lora.weight if kind == "packed" else fast_mod.fast.dequantised(quantise_int4(lora.weight)[0])
         ref_off = F.linear(x, base_w)
-        ref = ref_off + F.linear(F.linear(x, lora.lora_A), lora.lora_B) * lora.scale
+        ref = ref_off + F.linear(F.linear(x, lora.lora_A[0]), lora.lora_B[0]) * lora.scale
     for got, want in ((fast, ref), (fast_off, ref_off)):
         torch.testing.assert_close(got, want, atol=tol or 1e-2 * want.abs().max().item(), rtol=0)
 

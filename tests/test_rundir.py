@@ -14,7 +14,7 @@ import torch
 import loop
 import rundir
 from history import Entry, History, Islands
-from tests.test_loop import scripted, setup  # noqa: F401  (scripted is a fixture)
+from tests.test_loop import search_one, scripted, setup  # noqa: F401  (scripted is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def interrupted_run(run_dir, monkeypatch, after=2, iterations=4):
 
     monkeypatch.setattr(loop, "run_iteration", stop)
     with pytest.raises(KeyboardInterrupt):
-        loop.search(s, run_dir, policy, task, quiet=True)
+        search_one(s, run_dir, policy, task)
     monkeypatch.setattr(loop, "run_iteration", real)
     return s, task, policy
 
@@ -46,7 +46,7 @@ def interrupted_run(run_dir, monkeypatch, after=2, iterations=4):
 def unbroken_run(run_dir, iterations=4):
     s, task, policy, _ = setup("ns")
     s.iterations, s.early_stop = iterations, False
-    loop.search(s, run_dir, policy, task, quiet=True)
+    search_one(s, run_dir, policy, task)
     return records(run_dir)
 
 
@@ -104,7 +104,7 @@ def test_state_is_plain_data_and_resumes_to_the_unbroken_history(scripted, tmp_p
     s, task, policy = interrupted_run(tmp_path / "stopped", monkeypatch)
     blob = torch.load(tmp_path / "stopped" / "state.pt", weights_only=True)  # no allow-list needed
     assert blob["iteration"] == 2 and isinstance(blob["history"], dict) and isinstance(blob["islands"], dict)
-    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    search_one(s, tmp_path / "stopped", policy, task)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -123,7 +123,7 @@ def test_a_state_file_that_would_run_code_is_refused(scripted, tmp_path, monkeyp
     blob["history"] = Payload(tmp_path / "payload-ran")
     torch.save(blob, tmp_path / "run" / "state.pt")
     with pytest.raises(rundir.RunFolderError, match="state.pt is damaged"):
-        loop.search(s, tmp_path / "run", policy, task, quiet=True)
+        search_one(s, tmp_path / "run", policy, task)
     assert not (tmp_path / "payload-ran").exists()
 
 
@@ -135,7 +135,7 @@ def test_a_damaged_state_file_is_a_one_line_error(scripted, tmp_path, monkeypatc
     damaged = {"truncated": data[:len(data) // 2], "random": random.Random(0).randbytes(len(data)), "empty": b""}
     path.write_bytes(damaged[damage])
     with pytest.raises(rundir.RunFolderError) as e:
-        loop.search(s, tmp_path, policy, task, quiet=True)
+        search_one(s, tmp_path, policy, task)
     message = str(e.value)
     assert "\n" not in message and f"{path} is damaged" in message and f"delete {tmp_path}" in message
 
@@ -149,7 +149,7 @@ def test_a_state_file_of_the_old_format_still_resumes(scripted, tmp_path, monkey
     blob["history"] = History(blob["history"]["budget"], entries, blob["history"]["evaluations"])
     blob["islands"] = Islands(**blob["islands"])
     torch.save(blob, path)
-    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    search_one(s, tmp_path / "stopped", policy, task)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -161,7 +161,7 @@ def test_a_half_written_last_line_is_dropped_and_its_iteration_runs_again(script
     line = log.read_text().splitlines()[-1].replace('"iteration": 2', '"iteration": 3')
     with open(log, "a") as f:
         f.write(line[:len(line) // 2])  # the crash came in the middle of writing iteration 3
-    loop.search(s, tmp_path / "stopped", policy, task, quiet=True)
+    search_one(s, tmp_path / "stopped", policy, task)
     assert records(tmp_path / "stopped") == unbroken_run(tmp_path / "whole")
 
 
@@ -171,10 +171,10 @@ def test_a_damaged_or_missing_saved_record_is_a_one_line_error(scripted, tmp_pat
     lines = log.read_text().splitlines(keepends=True)
     log.write_text(lines[0] + lines[1][:20] + "\n" + lines[2])
     with pytest.raises(rundir.RunFolderError, match=f"{log} line 2 is damaged"):
-        loop.search(s, tmp_path, policy, task, quiet=True)
+        search_one(s, tmp_path, policy, task)
     log.write_text(lines[0] + lines[1])  # iteration 2 is saved in state.pt but lost from the log
     with pytest.raises(rundir.RunFolderError, match="holds 2 of the 3 records"):
-        loop.search(s, tmp_path, policy, task, quiet=True)
+        search_one(s, tmp_path, policy, task)
 
 
 # -- a finished search ------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_a_finished_search_drops_its_state_and_is_not_searched_again(scripted, t
     kept = (tmp_path / "history.jsonl").read_bytes()
     s, task, policy, _ = setup("ns")
     s.iterations, s.early_stop = 4, False
-    assert loop.search(s, tmp_path, policy, task, quiet=True)["iterations"] == 4
+    assert search_one(s, tmp_path, policy, task)["iterations"] == 4
     assert (tmp_path / "history.jsonl").read_bytes() == kept
 
 

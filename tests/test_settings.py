@@ -30,10 +30,13 @@ def test_a_budget_without_iterations_decides_the_run_length():
 
 
 def test_the_engine_choices_are_resolved_and_named():
-    """auto decode weights become the twin that will run, so config.json and the start line name it."""
+    """The sampler runs the model's own weights unless asked; auto becomes the twin that will run, so config.json
+    and the start line name it."""
     cpu = loop.resolve_settings(Tiny, "migrate", {"device": "cpu"})
-    assert (cpu.dtype, cpu.sample_weights) == ("float32", "int4")
-    bf16 = loop.resolve_settings(Tiny, "migrate", {"device": "cpu", "dtype": "bfloat16"})
+    assert (cpu.dtype, cpu.sample_weights) == ("float32", "model")
+    assert loop.resolve_settings(Tiny, "migrate", {"device": "cpu", "sample_weights": "auto"}).sample_weights \
+        == "int4"
+    bf16 = loop.resolve_settings(Tiny, "migrate", {"device": "cpu", "dtype": "bfloat16", "sample_weights": "auto"})
     assert bf16.sample_weights == "model"
     assert loop.resolve_settings(Tiny, "migrate", {"device": "cpu", "sample_weights": "packed"}).sample_weights \
         == "packed"

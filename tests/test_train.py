@@ -7,6 +7,7 @@ import torch
 
 import loop
 from tasks import Preset, Prompt, Task, TaskDefaults, load_task_class
+from tests.test_loop import search_one
 from tiny_model import tiny_model
 
 CHARS = "abcdefghijklmnopqrstuvwxyz>?"
@@ -56,15 +57,23 @@ class CountA(Task):
         return [c.count("a") / len(c) for c in cands]
 
 
-def make_policy(strategy, **overrides):
+def make_policy(strategy, adapters=1, **overrides):
     s = loop.resolve_settings(CountA, strategy, {"device": "cpu"})
     s.task, s.target, s.early_stop = "count-a", "x", False
     for k, v in overrides.items():
         setattr(s, k, v)
     torch.manual_seed(0)
     model = tiny_model(seed=1, vocab_size=VOCAB).to(s.device, getattr(torch, s.dtype))
-    policy = loop.Policy(model, TinyTokenizer(), s)
+    policy = loop.Policy(model, TinyTokenizer(), s, adapters=adapters)
     return s, policy
+
+
+def started(s, policy):
+    """A search of CountA started in slot 0 (its seed's adapter, a fresh optimiser), before iteration 1."""
+    x = loop.Search(s, CountA("x"), None)
+    policy.start(x)
+    x.state = loop.new_state(s, x.task)
+    return x
 
 
 def strip_timings(records):
@@ -80,7 +89,8 @@ def test_grpo_raises_the_mean_reward(tmp_path, device, dtype):
     """The whole loop, sampler and update included, in float32 and in bfloat16 (the GPU's default dtype), so a
     dtype bug shows up on CPU: the adapter must stay float32 and still learn."""
     s, policy = make_policy("grpo", dtype=dtype, device=device)
-    summary = loop.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    x = loop.Search(s, CountA("x"), tmp_path)
+    summary = loop.search(policy, [x], quiet=True)[0]
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     means = [r["mean_reward"] for r in records if r["iteration"] >= 1]
     first, last = sum(means[:3]) / 3, sum(means[-3:]) / 3
@@ -89,14 +99,13 @@ def test_grpo_raises_the_mean_reward(tmp_path, device, dtype):
     assert summary["iterations"] == 12 and (tmp_path / "adapter.safetensors").exists()
     assert policy.model.lm_head.weight.dtype == getattr(torch, dtype)
     assert all(p.dtype == torch.float32 for p in policy.params)
-    assert all(v.dtype == torch.float32 for st in policy.optimizer.state.values() for v in st.values()
-               if v.dim() > 0)
+    assert all(v.dtype == torch.float32 for v in x.optimizer.exp_avg + x.optimizer.exp_avg_sq)
 
 
 def test_inference_only_baseline_does_not_train(tmp_path):
     s, policy = make_policy("random")
     before = [p.clone() for p in policy.model.parameters()]
-    loop.search(s, tmp_path, policy, CountA("x"), quiet=True)
+    search_one(s, tmp_path, policy, CountA("x"))
     assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
     assert not (tmp_path / "adapter.safetensors").exists()
 
@@ -104,7 +113,7 @@ def test_inference_only_baseline_does_not_train(tmp_path):
 @pytest.mark.parametrize("strategy", ["migrate", "migrate-evo"])
 def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, strategy):
     s, policy = make_policy(strategy, iterations=5)
-    loop.search(s, tmp_path / "whole", policy, CountA("x"), quiet=True)
+    search_one(s, tmp_path / "whole", policy, CountA("x"))
 
     real, calls = loop.run_iteration, []
 
@@ -117,10 +126,10 @@ def test_stopped_and_resumed_run_equals_an_unbroken_run(tmp_path, monkeypatch, s
     monkeypatch.setattr(loop, "run_iteration", stop_after_three)
     s, policy = make_policy(strategy, iterations=5)
     with pytest.raises(KeyboardInterrupt):
-        loop.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+        search_one(s, tmp_path / "broken", policy, CountA("x"))
     monkeypatch.setattr(loop, "run_iteration", real)
     s, policy = make_policy(strategy, iterations=5)  # a fresh process: new model, state from disk
-    loop.search(s, tmp_path / "broken", policy, CountA("x"), quiet=True)
+    search_one(s, tmp_path / "broken", policy, CountA("x"))
 
     whole = [json.loads(l) for l in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     broken = [json.loads(l) for l in (tmp_path / "broken" / "history.jsonl").read_text().splitlines()]
@@ -136,7 +145,7 @@ def test_example_task_runs_through_the_loop(tmp_path):
     policy = loop.Policy(tiny_model(seed=2, vocab_size=VOCAB), TinyTokenizer(), s)
     task = task_cls("40")
     assert task.score(["99994", "1"]) == [1.0, 1 - 39 / 40]
-    loop.search(s, tmp_path, policy, task, quiet=True)
+    search_one(s, tmp_path, policy, task)
     records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert [m["origin"] for m in records[-1]["members"]].count("neighbourhood") == 2
@@ -144,12 +153,11 @@ def test_example_task_runs_through_the_loop(tmp_path):
 
 def test_update_clips_the_gradient_norm_and_uses_adamw_without_weight_decay(tmp_path):
     s, policy = make_policy("grpo", max_grad_norm=1e-3)
-    policy.reset()
-    assert all(g["weight_decay"] == 0.0 for g in policy.optimizer.param_groups)
-    task = CountA("x")
+    x = started(s, policy)
+    assert x.optimizer.weight_decay == 0.0
     members = [loop.Member("on-policy", "on-policy", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbb", 0.0), ("abb", 1 / 3), ("aaa", 1.0))]
-    out = loop.grpo_update(policy, task, members, iteration=1)
+    [out] = loop.grpo_update(policy, [(x, members)])
     norm = sum(float(p.grad.pow(2).sum()) for p in policy.params if p.grad is not None) ** 0.5
     assert out["grad_norm"] > 1e-3 and norm == pytest.approx(1e-3, rel=1e-4)  # clipped in place before the step
     assert out["lr"] == pytest.approx(s.lr * (1 - 1 / (12 * 2)))  # the second of 2 x 12 planned steps
@@ -159,14 +167,14 @@ def _adapter_grads_after_one_update(**overrides):
     """Adapter gradients of one GRPO step on a fixed group of 5 (3 kept, 2 with reward 0), after a step that
     moved the adapter away from B = 0 so that every LoRA matrix has a gradient."""
     s, policy = make_policy("grpo", mu=1, lr_schedule="constant", max_grad_norm=0.0, **overrides)
-    policy.reset()
+    x = started(s, policy)
     with torch.no_grad():
         for p in policy.params[1::2]:  # lora_B
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
     members = [loop.Member("on-policy", "on-policy", text=">" + t, reward=r)
                for t, r in (("aab", 2 / 3), ("bbbbb", 0.0), ("abb", 1 / 3), ("aaaa", 1.0), ("bb", 0.0))]
-    policy.optimizer.step = lambda: None  # keep the gradients of the step, not its update
-    out = loop.grpo_update(policy, CountA("x"), members, iteration=1)
+    x.optimizer.step = lambda lr: None  # keep the gradients of the step, not its update
+    [out] = loop.grpo_update(policy, [(x, members)])
     return out, [p.grad.clone() for p in policy.params]
 
 
