@@ -58,15 +58,17 @@ def run_dynamics(records: list[dict], iterations: int, budget: int) -> dict:
 
 def timings(records: list[dict]) -> dict:
     """One run's timed iterations (the warm start, iteration 0, has no times): how many, the evaluations they
-    added, their seconds in all and without the update, and the warm start's evaluations."""
+    added, their seconds in all and without the update, and the warm start's evaluations. An iteration run in
+    lockstep with others (its record's `lockstep`) is charged its share of the sampling and update they shared."""
     t = dict(iterations=0, evaluations=0, seconds=0.0, sampling_seconds=0.0, warm=0)
     before = 0
     for r in records:
         if "time_sample" in r:
+            share = r.get("lockstep", 1)
             t["iterations"] += 1
             t["evaluations"] += r["evaluations"] - before
-            t["sampling_seconds"] += r["time_sample"] + r["time_score"]
-            t["seconds"] += r["time_sample"] + r["time_score"] + r["time_update"]
+            t["sampling_seconds"] += r["time_sample"] / share + r["time_score"]
+            t["seconds"] += (r["time_sample"] + r["time_update"]) / share + r["time_score"]
         elif r["iteration"] == 0:
             t["warm"] = r["evaluations"]
         before = r["evaluations"]

@@ -224,6 +224,11 @@ def write_config(sweep_dir: Path, strategy: str, targets: list[str], code: dict 
 def test_timings_and_estimate_arithmetic():
     t = timings(timed_history([(4, 0.5, 5.5), (3, 0.5, 6.5)], [35, 50]))
     assert t == dict(iterations=2, evaluations=30, seconds=20.0, sampling_seconds=8.0, warm=20)
+    # in lockstep with three others, a run is charged a quarter of the sampling and update it shared
+    shared = timed_history([(4, 0.5, 5.5), (3, 0.5, 6.5)], [35, 50])
+    for r in shared[1:]:
+        r["lockstep"] = 4
+    assert timings(shared) == dict(iterations=2, evaluations=30, seconds=5.75, sampling_seconds=2.75, warm=20)
     # budget 110 less the warm start's 20: migrate ceil(90 / 15) = 6 iterations of 10 s, 3 runs = 180 s; random
     # ceil(90 / 20) = 5 iterations of 4 s, 2 runs = 40 s; 220 s over 2 processes
     rates = {True: (10.0, 15.0), False: (4.0, 20.0)}
