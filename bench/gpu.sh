@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one command (issue 13): run wherever a CUDA GPU is lent, keep the results file.
 #
-#   bash bench/gpu.sh [SECTION ...]        sections: loop logprob llama smollm2 (default: all four)
+#   bash bench/gpu.sh [SECTION ...]        sections: loop logprob llama smollm2 roofline (default: all five)
 #
 # Writes everything it prints to $GPU_RESULTS (default results/gpu/<date>-<gpu>.txt), the file the
 # README's GPU table is made from. Needs transformers and peft beside torch (references, never run-time
@@ -13,10 +13,13 @@
 #            eager and compiled, with the batch-1 fraction of the bandwidth limit; one iteration against
 #            transformers + peft
 #   smollm2  the same two on the real SmolLM2-135M-Instruct weights
+#   roofline each phase of an iteration (decode at 1 and 16 rows, prefill, update forward and backward, log-probs,
+#            optimiser) on SmolLM2-135M against this GPU's matrix-product throughput at the same shapes and its
+#            memory bandwidth, float32 and bfloat16 (bench/roofline.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(loop logprob llama smollm2)
+[ ${#sections[@]} -eq 0 ] && sections=(loop logprob llama smollm2 roofline)
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-')
 [ -n "$gpu" ] || { echo "bench/gpu.sh: no NVIDIA GPU visible (nvidia-smi found none)" >&2; exit 1; }
 out=${GPU_RESULTS:-results/gpu/$(date +%Y-%m-%d)-$gpu.txt}
@@ -39,7 +42,8 @@ export PYTHONUNBUFFERED=1
                      python bench/sampler.py --device cuda --config smollm2 $m --dtype bfloat16 --batch 1 16 64 \
                          --bandwidth 3350
                      python bench/iteration.py --device cuda --config smollm2 $m --dtype bfloat16 ;;
-            *) echo "unknown section $s (loop, logprob, llama, smollm2)" ;;
+            roofline) python bench/roofline.py --device cuda ${SMOLLM2_GGUF:+--model $SMOLLM2_GGUF} ;;
+            *) echo "unknown section $s (loop, logprob, llama, smollm2, roofline)" ;;
         esac
     done
 } 2>&1 | tee -a "$out"
