@@ -5,16 +5,18 @@ so on CPU it is bound by how weights are read, not by arithmetic. Two kinds are 
 1. "packed": the same float32 weights reordered once into oneDNN's blocked layout (the rounding differs from
    MKL's only in summation order).
 2. "int4": the block linears as 4-bit codes in groups of 32 through torch's own CPU kernel
-   (aten._weight_int4pack_mm_for_cpu, bfloat16 activations, bfloat16 scale and zero per group). When the model
-   was loaded from a GGUF file whose linears are Q4_0/Q4_1, the file's own codes are used, so the only new error
-   is bfloat16 rounding of activations, scales and zeros; other weights are re-quantised (min/max per group),
-   which adds more. The output head and weights the kernel cannot take (N not a multiple of 16, K not of 32)
-   stay the model's own float32: the embedded model ships its head as Q8_0, not 4-bit.
+   (aten._weight_int4pack_mm_for_cpu, bfloat16 activations, bfloat16 scale and zero per group), for a float32
+   or a bfloat16 model (the kernel's own activation dtype: a bfloat16 model's rows go in and come out as they
+   are). When the model was loaded from a GGUF file whose linears are Q4_0/Q4_1, the file's own codes are used,
+   so the only new error is bfloat16 rounding of activations, scales and zeros; other weights are re-quantised
+   (min/max per group), which adds more. The output head and weights the kernel cannot take (N not a multiple
+   of 16, K not of 32) stay the model's own: the embedded model ships its head as Q8_0, not 4-bit.
 Rows above FAST_ROWS (a prompt's prefill) go through the model's own modules; so does every training pass.
 LoRA adapters are applied beside the fast base weight, in float32, read live from the LoRALinear modules.
 
 Deliberately left out: int8 weights (slower than int4 here), quantised activations (down_proj inputs have
-outliers far beyond int8), quantised KV caches, GPUs (their bfloat16 matmuls are fast already).
+outliers far beyond int8), quantised KV caches, packed bfloat16 weights (oneDNN packs them only on CPUs with
+AVX-512, which the project's AVX2 machine cannot check), GPUs (their bfloat16 matmuls are fast already).
 """
 from contextlib import contextmanager
 
@@ -54,7 +56,7 @@ def dequantise_int4(q, scale, low, group: int = GROUP) -> torch.Tensor:
 
 
 class Int4Weight:
-    """4-bit codes packed for torch's CPU kernel; x (M, K) float32 -> (M, N) float32.
+    """4-bit codes packed for torch's CPU kernel; x (M, K) float32 or bfloat16 -> (M, N) bfloat16.
 
     The kernel computes w = (q - 8) * scale + zero with bfloat16 scale and zero, so zero = low + 8 * scale."""
 
@@ -66,7 +68,7 @@ class Int4Weight:
 
     def __call__(self, x):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.group,
-                                                          self.scale_zero).float()
+                                                          self.scale_zero)
 
     def dequantised(self, q) -> torch.Tensor:
         """The float32 weight this kernel stands for (bfloat16 scale and zero included): the slow twin's."""
@@ -135,19 +137,24 @@ def _file_codes(model) -> dict:
     return gguf_4bit_codes(source)
 
 
+# The model dtypes each kind stands in for.
+SERVES = {"packed": (torch.float32,), "int4": (torch.float32, torch.bfloat16)}
+
+
 def _build(model, kind: str) -> dict:
     """{full name: FastLinear} for `kind`; linears left out stay as they are."""
     codes = _file_codes(model) if kind == "int4" else {}
     fast = {}
     for _, _, name, m in _linears(model):
         w = m.weight
-        if w.dtype != torch.float32 or w.device.type != "cpu":
+        if w.device.type != "cpu" or w.dtype not in SERVES[kind]:
             continue
         if kind == "packed":
             fast[name] = FastLinear(m, PackedWeight(w))
         elif name != "lm_head" and int4_fits(w):
             q, scale, low = codes.get(name + ".weight", (None, None, None))
-            if q is None or not torch.equal(dequantise_int4(q, scale, low), w):  # weights changed since loading
+            # the file's codes, unless the weights changed since loading (a bfloat16 model holds them rounded)
+            if q is None or not torch.equal(dequantise_int4(q, scale, low).to(w.dtype), w):
                 q, scale, low = quantise_int4(w)
             fast[name] = FastLinear(m, Int4Weight(q, scale, low))
     return fast

@@ -28,7 +28,7 @@ def test_int4_kernel_equals_float32_matmul_of_its_codes():
     for rows in (1, 5, 16):
         x = torch.randn(rows, 96)
         ref = F.linear(x, slow_w)
-        torch.testing.assert_close(fast(x), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+        torch.testing.assert_close(fast(x).float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
     # the bfloat16 scale and zero move each weight by at most a few parts in a thousand of its group's range
     assert (slow_w - dequantise_int4(q, scale, low)).abs().max() < 0.01 * (w.max() - w.min())
 
@@ -98,6 +98,21 @@ def test_int4_sampling_uses_the_files_codes(tmp_path, monkeypatch):
     torch.testing.assert_close(fast, ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
 
 
+def test_int4_serves_a_bfloat16_model_with_the_files_codes(tmp_path, monkeypatch):
+    # a bfloat16 model holds the file's weights rounded: its codes still stand for them, and rows stay bfloat16
+    model, _ = load_model(str(gguf_with_4bit_linears(tmp_path / "m.gguf")), dtype=torch.bfloat16)
+    monkeypatch.setattr(quant, "quantise_int4", lambda w: pytest.fail("re-quantised a weight that has codes"))
+    x = torch.randn(3, 1, model.cfg.dim, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = model.model.layers[0].mlp.up_proj(x)  # the slow twin: the model's own bfloat16 weight
+        with sampling_weights(model, "int4"):
+            fast_mod = model.model.layers[0].mlp.up_proj
+            assert isinstance(fast_mod, quant.FastLinear)
+            fast = fast_mod(x)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), ref.float(), atol=1e-2 * ref.abs().max().item(), rtol=0)
+
+
 # ------------------------------------------------------------------------------------------- the swap
 
 @pytest.mark.parametrize("kind,tol", [("packed", 1e-5), ("int4", None)])
@@ -121,6 +136,28 @@ def test_fast_linear_with_lora_equals_the_module(kind, tol):
         ref = ref_off + F.linear(F.linear(x, lora.lora_A[0]), lora.lora_B[0]) * lora.scale
     for got, want in ((fast, ref), (fast_off, ref_off)):
         torch.testing.assert_close(got, want, atol=tol or 1e-2 * want.abs().max().item(), rtol=0)
+
+
+def test_int4_with_lora_on_a_bfloat16_model_equals_the_module():
+    model = tiny_model(3).to(torch.bfloat16)
+    add_lora(model, r=4, alpha=8)
+    lora = model.model.layers[1].self_attn.q_proj
+    with torch.no_grad():
+        lora.lora_B.normal_(0, 0.1)
+    x = torch.randn(4, 1, model.cfg.dim, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        module = lora(x).float()  # bfloat16 base weight, the adapter cast to bfloat16
+        with sampling_weights(model, "int4"):
+            fast_mod = model.model.layers[1].self_attn.q_proj
+            assert isinstance(fast_mod, quant.FastLinear)
+            fast = fast_mod(x)
+        # the slow twin in float32: the weight the codes stand for, the float32 adapter beside it
+        base_w = fast_mod.fast.dequantised(quantise_int4(lora.weight)[0])
+        ref = F.linear(x.float(), base_w) + F.linear(F.linear(x.float(), lora.lora_A[0]), lora.lora_B[0]) * lora.scale
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)  # bfloat16 rounding
+    # and the module itself, up to the 4-bit codes re-quantised from its random weight
+    torch.testing.assert_close(fast.float(), module, atol=1e-1 * module.abs().max().item(), rtol=0)
 
 
 def test_many_rows_and_training_use_the_module_itself():
