@@ -41,8 +41,9 @@ import torch
 from tqdm import tqdm
 
 import sampler
-from grpo import completion_logprobs, group_advantages, grpo_loss, share_prompt_pays
-from history import History, Islands
+from grpo import (adaptive_beta, completion_logprobs, discover_loss, entropic_advantages, group_advantages, grpo_loss,
+                  share_prompt_pays)
+from history import Archive, History, Islands
 from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict, seeded_adapter
 from optim import AdamW, clip_grad_norm
 from rundir import (RunState, append_record, atomic_write, check_finished, keep_log_lines, load_state, save_state,
@@ -121,22 +122,34 @@ class TrainingDiverged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The strategies of the paper: what each one's neighbourhood prompts show and whether it trains. Their numbers
-# (alpha, beta, gamma, top-k, mu) are each task's table (`presets` in tasks/wordsearch.py, molecule.py, arc.py),
+# The strategies: the paper's eight, and TTT-Discover's (arXiv 2601.16175) with its two ideas crossed with MiGrATe's
+# group. A rule says where an iteration's parent comes from, whether and how the strategy trains; the numbers
+# (alpha, beta, gamma, top-k, mu) are each task's table (PRESETS in tasks/wordsearch.py, molecule.py, arc.py),
 # under the strategy's name or, for a strategy of your own, under `numbers_of`: a new strategy is one entry here,
 # plus at most a branch in plan_group.
 
 @dataclass(frozen=True)
 class Strategy:
-    neighbours: str = "parent"  # NS prompts show: "parent" (a random top-k one), "ranked" (OPRO) or "islands" (Evo)
+    neighbours: str = "parent"  # NS prompts show: "parent" (a random top-k one), "ranked" (OPRO), "islands" (Evo),
+    #                             or "puct" (the parent TTT-Discover's PUCT rule picks from its archive of states)
     trains: bool = True  # GRPO steps on the adapter; False: an inference-only baseline
     numbers_of: str | None = None  # use the task's numbers of this strategy
+    objective: str = "grpo"  # "grpo": MiGrATe's clipped loss of reward - group mean; "entropic": TTT-Discover's
+    on_own_prompt: bool = False  # train each member on the prompt that produced it (TTT-Discover), not the
+    #                              on-policy prompt (MiGrATe); a group then comes from one prompt, and is not packed
+    settings: tuple = ()  # (setting, value) pairs the strategy's own code fixes, over the task's
 
+
+DISCOVER = (("lr", 4e-5), ("lr_schedule", "constant"), ("lora_r", 32), ("lora_alpha", 32), ("max_grad_norm", 0.0),
+            ("kl_coef", 0.0))  # TTT-Discover's recipe: Adam at a constant 4e-5, rank 32 (alpha = rank), no clip, no KL
 
 STRATEGIES = {
     "random": Strategy(trains=False), "ns": Strategy(trains=False), "opro": Strategy("ranked", trains=False),
     "grpo": Strategy(), "grpo-greedy": Strategy(), "migrate": Strategy(), "migrate-opro": Strategy("ranked"),
     "migrate-evo": Strategy("islands"),
+    "discover": Strategy("puct", objective="entropic", on_own_prompt=True, settings=DISCOVER),
+    "migrate-entropic": Strategy(objective="entropic", numbers_of="migrate"),
+    "migrate-puct": Strategy("puct", numbers_of="migrate"),
 }
 
 
@@ -153,8 +166,11 @@ def resolve_settings(task_cls, strategy: str = "migrate", given: dict | None = N
     if numbers not in d.presets:
         raise UsageError(f"task {task_cls.name} has no numbers for strategy {numbers}")
     p = d.presets[numbers]
-    values = dict(d.overrides, alpha=p.alpha, beta=p.beta, gamma=p.gamma, neighbours=rule.neighbours,
-                  update=rule.trains, **{k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
+    values = dict(d.overrides, **dict(rule.settings), alpha=p.alpha, beta=p.beta, gamma=p.gamma,
+                  neighbours=rule.neighbours, update=rule.trains, objective=rule.objective,
+                  on_own_prompt=rule.on_own_prompt, **{k: v for k, v in (("topk", p.topk), ("mu", p.mu)) if v})
+    if rule.on_own_prompt:
+        values["pack"] = False  # a packed answer comes from no prompt
     if saved:  # a setting newer than the run keeps its default
         values.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ("target", "task_options")})
     elif "budget" in given and "iterations" not in given:
@@ -192,20 +208,22 @@ class Member:
     prompt_kind: str  # which prompt produced it: "on-policy", "ns", "opro" or "greedy"
     parent: str | None = None  # the past solution an NS prompt was built from, or a greedy member re-inserts
     ask: int | None = None  # candidates its prompt asked for (packing); None: what task.parse keeps
+    prompt: object = None  # the Prompt that produced it (None: greedy and packed members)
     text: str = ""  # the completion, response prefix included
     tokens: list[int] = field(default_factory=list)  # completion ids, trained after the on-policy prompt
     candidates: list[dict] = field(default_factory=list)  # {"candidate", "score", "status"}
     reward: float = 0.0
 
 
-def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, object]]:
+def plan_group(s: Settings, task, state: RunState) -> list[tuple[Member, object]]:
     """The mixed group of MiGrATe: (member, prompt) pairs for alpha on-policy and gamma neighbourhood members,
     then beta greedy members whose completion is the iteration's parent (prompt None: nothing to sample).
 
     As in the paper's code, one parent serves the whole iteration: the NS prompts are built from it and it is the
     greedy member. With packing (word search), alpha and gamma count candidates: one on-policy call asks for
     alpha of them and one neighbourhood call for gamma."""
-    parent = choose_parent(s, history, islands, rng) if s.gamma or s.beta else None
+    history = state.history
+    parent = choose_parent(s, history, state.islands, state.archive, state.rng) if s.gamma or s.beta else None
     if s.pack:
         plan = [(Member("on-policy", "on-policy", ask=s.alpha), _ask(task.prompt, n=s.alpha))] if s.alpha else []
         if s.gamma:
@@ -222,12 +240,15 @@ def plan_group(s: Settings, task, history, islands, rng) -> list[tuple[Member, o
     return plan
 
 
-def choose_parent(s: Settings, history, islands, rng) -> str | None:
+def choose_parent(s: Settings, history, islands, archive, rng) -> str | None:
     """The iteration's parent: random among the top-k (MiGrATe, GRPO-Greedy), drawn from the current island
-    (Evo), or the best (OPRO, whose prompt lists the whole top-k). None while there is nothing to build on."""
+    (Evo), the best (OPRO, whose prompt lists the whole top-k), or the PUCT choice of TTT-Discover's archive.
+    None while there is nothing to build on."""
     top = history.top(s.topk)
     if not top:
         return None
+    if s.neighbours == "puct":
+        return archive.pick_parent()  # None: the root, whose prompt is the on-policy one
     if s.neighbours == "islands":
         return islands.pick_parent(rng)
     if s.neighbours == "ranked":
@@ -277,10 +298,11 @@ def sample_members(policy: Policy, searches: list[Search], plans: list) -> None:
                           eos_ids=tok.eos_ids, generator=generator, adapters=adapters, decode=tok.decode,
                           stop=searches[0].task.stop, compile=s.compile_sampler, weights=s.sample_weights)
     for (x, m, p), ids, text in zip(prompted, out.tokens, out.text):
+        m.prompt = p
         m.text = p.prefix + text  # the sampler decoded it without the EOS token
         # Sampled ids are reused for training when the member's prompt ended with the on-policy prefix;
         # otherwise the text after that prefix is re-encoded (set in training_tokens).
-        m.tokens = list(ids) if p.prefix == x.task.prompt().prefix else []
+        m.tokens = list(ids) if s.on_own_prompt or p.prefix == x.task.prompt().prefix else []
 
 
 def training_tokens(policy: Policy, task, m: Member) -> list[int]:
@@ -352,15 +374,17 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
     out, train = [None] * len(batch), []
     for i, (x, members) in enumerate(batch):
         rewards = torch.tensor([m.reward for m in members])
-        advantages = group_advantages(rewards)
-        keep = rewards > 0  # zero-reward members leave the loss but stay in the mean
-        if not keep.any() or advantages.abs().max() == 0:
+        advantages, keep, info = group_signal(s, rewards)
+        if advantages is None:
             out[i] = dict(loss=None, clip_fraction=None, skipped="no signal in this group")
             continue
         completions, mask = pad_completions([training_tokens(policy, x.task, m) for m in members], s.device)
-        # Every member is trained as an answer to the on-policy prompt, so the group shares it.
-        prompt = torch.tensor(policy.prompt_ids(x.task.prompt()), device=s.device)
+        # MiGrATe trains every member as an answer to the on-policy prompt; TTT-Discover on the prompt that made
+        # it (one a group). Either way the group shares one prompt.
+        prompt = torch.tensor(policy.prompt_ids(members[0].prompt if s.on_own_prompt else x.task.prompt()),
+                              device=s.device)
         train.append((i, x, prompt, completions, mask, advantages.to(s.device), keep.to(s.device)))
+        out[i] = info
     if not train:
         return out
     batches = micro_batches(max(len(completions) for _, _, _, completions, *_ in train), s.micro_batch)
@@ -383,6 +407,9 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
 
     def loss_of(k, logp, old, rows, ref):
         _, _, _, completions, mask, adv, keep = train[k]
+        if s.objective == "entropic":  # a sum over every member's tokens, unclipped (its docstring)
+            loss, stats = discover_loss(logp, old, adv[rows], mask[rows])
+            return loss, dict(stats, clip_fraction=torch.zeros(()))  # nothing is clipped
         return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
                          eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=len(completions))
     refs = [None] * len(train)
@@ -413,13 +440,30 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
                 raise TrainingDiverged(f"{short(x.s.target, 40)}, iteration {x.state.iteration + 1}: the update "
                                        f"diverged (gradient norm {float(grad_norm):g}, lr {lr:g}); the last good "
                                        "iteration is saved. Lower --lr and start again")
-            out[i] = dict(lr=lr, grad_norm=float(grad_norm))
+            out[i] = dict(out[i], lr=lr, grad_norm=float(grad_norm))
     model.checkpointing = False
     model.eval()
     for k, (i, *_) in enumerate(train):  # the last step's loss and statistics, for the log
         loss, stats = loss_of(k, logps[k], olds[k], slice(None), refs[k])
         out[i] = dict(loss=float(loss), **out[i], **{name: float(v) for name, v in stats.items()})
     return out
+
+
+def group_signal(s: Settings, rewards: torch.Tensor) -> tuple:
+    """(advantages, members that enter the loss, what to log), or (None, None, {}) for a group with no signal.
+
+    MiGrATe (grpo): reward - group mean; zero-reward members leave the loss but stay in the mean. TTT-Discover
+    (entropic): exp(beta r) weights against the others', beta solved per group (grpo.adaptive_beta); every member
+    enters; a group of equal rewards is dropped, as its recipe drops them."""
+    if s.objective == "entropic":
+        if rewards.max() == rewards.min():
+            return None, None, {}
+        beta = adaptive_beta(rewards)
+        return entropic_advantages(rewards, beta), torch.ones_like(rewards, dtype=torch.bool), dict(beta=beta)
+    advantages, keep = group_advantages(rewards), rewards > 0
+    if not keep.any() or advantages.abs().max() == 0:
+        return None, None, {}
+    return advantages, keep, {}
 
 
 def micro_batches(rows: int, size: int) -> list[slice]:
@@ -443,7 +487,7 @@ def run_iteration(policy: Policy, searches: list[Search]) -> list[dict]:
     """Sample, score, build the group, update: one MiGrATe iteration of every search (in slot order), in
     lockstep. Returns each search's log record; its time_sample and time_update are of the whole lockstep."""
     t0 = time.time()
-    plans = [plan_group(x.s, x.task, x.state.history, x.state.islands, x.state.rng) for x in searches]
+    plans = [plan_group(x.s, x.task, x.state) for x in searches]
     sample_members(policy, searches, plans)
     t1 = time.time()
     groups, score_times = [], []
@@ -466,6 +510,8 @@ def run_iteration(policy: Policy, searches: list[Search]) -> list[dict]:
         it, members = x.state.iteration + 1, [m for m, _ in plan]
         if x.s.neighbours == "islands":
             add_to_islands(x.state.islands, members, it)
+        if x.s.neighbours == "puct":
+            add_to_archive(x.state.archive, members)
         best = x.state.history.best()
         record = dict(iteration=it, evaluations=x.state.history.evaluations,
                       best_score=best.score if best else 0.0, best=best.candidate if best else None,
@@ -479,6 +525,23 @@ def run_iteration(policy: Policy, searches: list[Search]) -> list[dict]:
             record["packed"] = [dict(text=m.text, reward=m.reward) for m in group]
         records.append(record)
     return records
+
+
+def add_to_archive(archive, members: list[Member]) -> None:
+    """TTT-Discover's archive after an iteration: each sampled member's attempts count as visits of the state its
+    prompt started from (an on-policy prompt: the root), what they found joins as that state's children, and the
+    archive is pruned once."""
+    found: dict = {}  # parent -> [attempts, children]
+    for m in members:
+        if m.origin == "greedy":
+            continue  # re-inserted, not sampled
+        entry = found.setdefault(m.parent if m.prompt_kind == "ns" else None, [0, []])
+        entry[0] += m.ask or 1
+        entry[1] += [(c["candidate"], c["score"]) for c in m.candidates
+                     if c["status"] != "over_budget" and c["score"] > 0]
+    for parent, (attempts, children) in found.items():
+        archive.update(parent, children, attempts)
+    archive.prune()
 
 
 def add_to_islands(islands, members: list[Member], iteration: int) -> None:
@@ -499,13 +562,15 @@ def add_to_islands(islands, members: list[Member], iteration: int) -> None:
 
 def new_state(s: Settings, task) -> RunState:
     rng = random.Random(s.seed)
-    state = RunState(History(s.budget), Islands(s.islands, migrate_every=s.migrate_every), rng,
+    state = RunState(History(s.budget), Islands(s.islands, migrate_every=s.migrate_every), Archive(), rng,
                      torch.Generator(device=s.device).manual_seed(s.seed))
     warm = task.warm_start(rng)
     for r in state.history.score(task, warm, 0, "warm"):
         if s.neighbours == "islands" and r["status"] == "new":
             state.islands.add(r["candidate"], r["score"])  # dealt round the islands, one each
             state.islands.next_island()
+        if s.neighbours == "puct" and r["status"] == "new":
+            state.archive.add(r["candidate"], r["score"])  # the root's children, not yet visited
     return state
 
 

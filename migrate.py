@@ -103,6 +103,15 @@ def default_out(task_cls, s) -> Path:
     return Path("runs") / f"{slug(task_cls.name)}-{s.strategy}-seed{s.seed}"
 
 
+def native_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (Linux's flags; elsewhere assumed so)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def explain_scores(out: Path, targets: list[str], task_cls) -> str:
     """What the summary's numbers mean (each task says it), then the yes/no measures of a task's report, such
     as ARC's pass@2 on the test output."""
@@ -234,6 +243,9 @@ def run(args) -> int:
         s.threads, why = cpu_threads(s)
         torch.set_num_threads(s.threads)
         threads = f", {s.threads} thread{'s' * (s.threads > 1)} ({why})"
+        if s.dtype == "bfloat16" and not native_bfloat16():
+            threads += ("\nnote: this CPU has no native bfloat16 (avx512_bf16, amx_bf16): its bfloat16 products run "
+                        "several times slower than float32 (docs/performance.md)")
     if not args.quiet:
         print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
               f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}, sampling with "

@@ -28,7 +28,8 @@ class RunFolderError(Exception):
 @dataclass
 class RunState:
     history: object
-    islands: object
+    islands: object  # MiGrATe-Evo's parent database
+    archive: object  # TTT-Discover's PUCT archive of states
     rng: random.Random
     generator: object  # torch.Generator of the sampler
     iteration: int = 0
@@ -79,9 +80,9 @@ def save_state(run_dir: Path, state: RunState, adapter: dict | None, optimizer: 
     """Everything needed to continue exactly, written atomically (a crash leaves the previous state): the search's
     state, its adapter and its optimiser's state (torch.optim.AdamW's format)."""
     import torch
-    from history import history_data, islands_data
+    from history import archive_data, history_data, islands_data
     blob = dict(iteration=state.iteration, finished=state.finished, history=history_data(state.history),
-                islands=islands_data(state.islands), rng=state.rng.getstate(),
+                islands=islands_data(state.islands), archive=archive_data(state.archive), rng=state.rng.getstate(),
                 generator=state.generator.get_state(), torch_rng=torch.get_rng_state(),
                 adapter=adapter, optimizer=optimizer)
     buffer = io.BytesIO()  # serialised in memory, so that a full disk is an OSError of our own write
@@ -93,19 +94,20 @@ def load_state(run_dir: Path, device) -> tuple[RunState, dict | None, dict | Non
     """The state saved after the last finished iteration, with the adapter and optimiser state saved beside it;
     a file that cannot be read is a one-line error."""
     import torch
-    from history import History, history_from_data, islands_from_data
+    from history import Archive, History, archive_from_data, history_from_data, islands_from_data
     path = run_dir / "state.pt"
     try:
         blob = read_state_file(path)
         history, islands = blob["history"], blob["islands"]
         if not isinstance(history, History):  # the first format pickled these objects; such runs still resume
             history, islands = history_from_data(history), islands_from_data(islands)
+        archive = archive_from_data(blob["archive"]) if "archive" in blob else Archive()  # none before PUCT
         rng = random.Random()
         rng.setstate(blob["rng"])
         gen = torch.Generator(device=device)
         gen.set_state(blob["generator"])
         torch.set_rng_state(blob["torch_rng"])
-        state = RunState(history, islands, rng, gen, blob["iteration"], blob["finished"])
+        state = RunState(history, islands, archive, rng, gen, blob["iteration"], blob["finished"])
         return state, blob["adapter"], blob["optimizer"]
     except Exception as e:  # truncated, random bytes, foreign or tampered: nothing in it can be trusted
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]

@@ -37,6 +37,8 @@ class Settings:
                      default_text="strategy preset")
     neighbours: str = "parent"  # what NS prompts show: "parent", "ranked" or "islands" (the strategy's rule)
     update: bool = True  # GRPO steps on the LoRA adapter (the strategy's rule: off for inference-only baselines)
+    objective: str = "grpo"  # "grpo" or "entropic" (the strategy's rule: loop.Strategy)
+    on_own_prompt: bool = False  # members trained on their own prompt (the strategy's rule: loop.Strategy)
     pack: bool = knob(False, "alpha and gamma count candidates, pooled and packed into answers as in the paper's "
                              "word search", default_text="task default")
     # budget
@@ -127,6 +129,11 @@ def check_settings(s: Settings) -> None:
         if f.metadata["choices"] and getattr(s, f.name) not in f.metadata["choices"]:
             raise UsageError(f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got "
                              f"{getattr(s, f.name)!r}")
+    if s.objective == "entropic" and s.group_size < 3:
+        raise UsageError(f"the entropic objective needs a group of at least 3 (its adaptive beta overflows at 2), "
+                         f"got {s.group_size}")
+    if s.objective == "entropic" and s.kl_coef:
+        raise UsageError("--kl-coef with the entropic objective is not implemented; leave it at 0")
     if s.dtype is not None and s.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {s.dtype!r}")
 

@@ -237,6 +237,7 @@ PRESETS = {  # strategy:    alpha beta gamma topk mu
     "migrate":      tasks.Preset(11, 1,  4,  1, 1),
     "migrate-opro": tasks.Preset(11, 1,  4,  1, 1),
     "migrate-evo":  tasks.Preset(11, 1,  4,  1, 1),
+    "discover":     tasks.Preset( 0, 0,  8,  1, 1),  # TTT-Discover: 8 rollouts of one state, one step (its recipe)
 }
 
 

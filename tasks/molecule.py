@@ -470,6 +470,7 @@ PRESETS = {  # strategy:    alpha beta gamma topk mu
     "migrate":      tasks.Preset( 2, 1,  2,  1, 2),
     "migrate-opro": tasks.Preset( 2, 1,  2,  5, 2),
     "migrate-evo":  tasks.Preset( 2, 1,  2,  1, 1),
+    "discover":     tasks.Preset( 0, 0,  8,  1, 1),  # TTT-Discover: 8 rollouts of one state, one step (its recipe)
 }
 
 

@@ -124,6 +124,7 @@ PRESETS = {  # strategy:    alpha beta gamma topk mu
     "migrate":      tasks.Preset( 0, 0, 10,  3, 2),
     "migrate-opro": tasks.Preset( 0, 0, 10,  5, 2),
     "migrate-evo":  tasks.Preset( 0, 0, 10,  3, 1),
+    "discover":     tasks.Preset( 0, 0,  8,  3, 1),  # TTT-Discover: 8 rollouts of one state, one step (its recipe)
 }
 
 

@@ -78,7 +78,7 @@ def test_settings_only_the_model_can_judge_are_refused_before_any_work():
 def test_a_prompt_and_completion_past_the_model_positions_stop_with_the_limit(scripted, tmp_path):
     s, task, policy, state = setup("random")
     policy.model = tiny_model(max_seq_len=8)  # FruitTask's prompt is a few characters; 8 + 64 > 8
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     with pytest.raises(UsageError, match="pass the model's 8 positions; lower --max-new-tokens"):
         loop.sample_members(policy, [loop.Search(s, task, tmp_path, state=state)], [plan])
 

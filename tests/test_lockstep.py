@@ -62,7 +62,7 @@ def assert_same_runs(a, b, seeds=SEEDS):
                 torch.testing.assert_close(mine[name], theirs[name], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["grpo", "migrate", "migrate-evo", "random"])
+@pytest.mark.parametrize("strategy", ["grpo", "migrate", "migrate-evo", "random", "discover"])
 def test_searches_in_lockstep_equal_the_same_searches_alone(tmp_path, strategy):
     """Three searches of different seeds, the real sampler and update, float32; one of them stops after two
     iterations and the others go on without it. migrate's groups differ in size between searches (no greedy

@@ -23,7 +23,7 @@ class FruitTask(Task):
         "random": Preset(4), "ns": Preset(0, 0, 4), "opro": Preset(0, 0, 4),
         "grpo": Preset(4), "grpo-greedy": Preset(3, 1),
         "migrate": Preset(2, 1, 2), "migrate-opro": Preset(2, 1, 2),
-        "migrate-evo": Preset(2, 1, 2)}, topk=2, iterations=3)
+        "migrate-evo": Preset(2, 1, 2), "discover": Preset(0, 0, 4)}, topk=2, iterations=3)
 
     def prompt(self):
         return Prompt([{"role": "user", "content": "policy"}], prefix="[")
@@ -129,14 +129,14 @@ def test_greedy_member_is_a_topk_past_solution(scripted):
     """GRPO-Greedy re-inserts one of the top-k past solutions at random (the released code's greedy_topk: 3 for
     words, 1 = the best for molecules and ARC), with its stored score and no new evaluation."""
     s, task, policy, state = setup("grpo-greedy")
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     greedy = [m for m, p in plan if m.origin == "greedy"]
     assert len(plan) == 4 and len(greedy) == 1 and greedy[0].text in ("[apple]", "[pear]")
     picked = set()
     for seed in range(12):
         s2, task2, _, state2 = setup("grpo-greedy")
         state2.rng.seed(seed)
-        plan2 = loop.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
+        plan2 = loop.plan_group(s2, task2, state2)
         picked.add(plan2[-1][0].text)
     assert picked == {"[apple]", "[pear]"}  # top-2 of apple .9, pear .5, fig .2: both drawn, fig never
     state.rng.seed(1)
@@ -149,20 +149,20 @@ def test_greedy_member_is_a_topk_past_solution(scripted):
 
 def test_ns_parents_come_from_the_topk(scripted):
     s, task, policy, state = setup("ns")
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     assert [m.origin for m, _ in plan] == ["neighbourhood"] * 4
     for m, p in plan:
         assert m.parent in ("apple", "pear")  # top-2 of apple .9, pear .5, fig .2
         assert p.messages[0]["content"] == f"ns:{m.parent}"
     # the parent choice follows the run's rng: same random seed, same choices
     s2, task2, _, state2 = setup("ns")
-    plan2 = loop.plan_group(s2, task2, state2.history, state2.islands, state2.rng)
+    plan2 = loop.plan_group(s2, task2, state2)
     assert [m.parent for m, _ in plan] == [m.parent for m, _ in plan2]
 
 
 def test_opro_lists_topk_worst_to_best_and_migrate_opro_inserts_the_best(scripted):
     s, task, policy, state = setup("migrate-opro")
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
     assert kinds == [("on-policy", "on-policy")] * 2 + [("neighbourhood", "opro")] * 2 + [("greedy", "greedy")]
     assert plan[2][1].messages[0]["content"] == "opro:pear=0.5,apple=0.9"
@@ -185,12 +185,12 @@ def test_evo_follows_the_released_island_database(scripted):
     isl = state.islands
     assert [set(p) for p in isl.islands] == [{"fig"}, {"pear"}, {"apple"}, set()] and isl.current == 3
     assert s.migrate_every == 40  # the released database's migration interval
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     kinds = [(m.origin, m.prompt_kind) for m, _ in plan]
     assert kinds == [("on-policy", "on-policy")] * 2 + [("neighbourhood", "on-policy")] * 2
     one_iteration(state, policy, task)  # island 3 empty: no parent, no greedy member
     assert set(isl.islands[3]) == {"plum", "kiwi"} and isl.current == 0
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     parents = {m.parent for m, _ in plan if m.origin in ("neighbourhood", "greedy")}
     assert parents == {"fig"}  # island 0 holds only fig: one parent for the NS members and the greedy member
 
@@ -251,7 +251,7 @@ def test_every_strategy_has_a_preset_in_every_builtin_task():
     from tasks import task_class
     for name in ("wordsearch", "molecule", "arc"):
         presets = task_class(name).defaults.presets
-        assert set(presets) == set(loop.STRATEGIES), name
+        assert set(presets) == {k for k, rule in loop.STRATEGIES.items() if rule.numbers_of is None}, name
         assert not any(loop.STRATEGIES[k].trains for k in ("random", "ns", "opro"))
         assert all(loop.STRATEGIES[k].trains for k in ("grpo", "grpo-greedy", "migrate", "migrate-opro",
                                                           "migrate-evo"))
@@ -357,3 +357,21 @@ def test_learning_rate_decays_linearly_to_zero_over_the_planned_steps():
     assert loop.learning_rate(s, 200, 0, evaluations=1000) == 0.0
     s.lr_schedule = "constant"
     assert loop.learning_rate(s, 10, 1, evaluations=999) == 1e-4
+
+
+def test_discover_starts_from_the_state_puct_picks_and_backs_its_visits_up(scripted):
+    """The warm start's apple (0.9), pear (0.5) and fig (0.2) are the root's unvisited children. PUCT (c = 1,
+    scale 0.9 - 0.2 = 0.7, rank priors 4/10, 3/10, 2/10 and 1/10 for the root, T = 0) scores apple 0.9 + 0.7 x 0.4
+    = 1.18, pear 0.71, fig 0.34, the root 0.07: all four members start from apple. They find apple again, so the
+    archive gains no state and apple takes 4 visits; pruning keeps the root's 2 best children, dropping fig. Then
+    (scale 0.4, priors 1/2, 1/3, 1/6) apple 0.9 + 0.2 sqrt(5) / 5 = 0.99 still beats pear 0.5 + 0.13 sqrt(5) =
+    0.80."""
+    s, task, policy, state = setup("discover")
+    assert set(state.archive.scores) == {"", "apple", "pear", "fig"}
+    for visits in (4, 8):
+        rec = one_iteration(state, policy, task)
+        assert [(m["origin"], m["prompt"], m["parent"]) for m in rec["members"]] == \
+            [("neighbourhood", "ns", "apple")] * 4
+        assert (state.archive.visits["apple"], state.archive.attempts) == (visits, visits)
+        assert set(state.archive.scores) == {"", "apple", "pear"}
+

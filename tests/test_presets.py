@@ -67,7 +67,18 @@ NO_SCRIPT = {
     ("molecule", "migrate-evo"): ((2, 1, 2, 1, 1), "MiGrATe's group, the Evo word search's mu"),
     ("arc", "migrate-evo"): ((11, 1, 4, 1, 1), "MiGrATe's group and mu"),
 }
-TRAINS = {"grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"}
+# TTT-Discover (GitHub test-time-training/discover, tinker_cookbook/recipes/ttt/train.py): group_size 8 rollouts
+# of one state (l. 36), one optimiser step a batch (l. 49); its two ideas crossed with MiGrATe's group keep
+# MiGrATe's numbers (numbers_of="migrate").
+DISCOVER = {task: (0, 0, 8, topk, 1) for task, topk in (("wordsearch", 3), ("molecule", 1), ("arc", 1))}
+MIGRATE = {task: row for (task, strategy), (row, _) in NO_SCRIPT.items() if strategy == "migrate"} | {
+    "wordsearch": (0, 0, 10, 3, 2), "molecule": (2, 1, 2, 1, 2), "arc": (11, 1, 4, 1, 1)}
+NO_SCRIPT |= {(task, "discover"): (row, "recipes/ttt/train.py: group_size 8, one step") for task, row in
+              DISCOVER.items()}
+NO_SCRIPT |= {(task, crossing): (MIGRATE[task], "MiGrATe's group") for task in MIGRATE
+              for crossing in ("migrate-entropic", "migrate-puct")}
+TRAINS = {"grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo", "discover", "migrate-entropic",
+          "migrate-puct"}
 
 
 def script_flags(task: str, strategy: str) -> dict[str, str]:
@@ -111,7 +122,8 @@ def test_the_table_matches_the_baselines_without_a_script(task, strategy):
 
 @pytest.mark.parametrize("task", sorted(COMMON))
 def test_every_strategy_has_a_row_and_a_source(task):
-    assert set(task_class(task).defaults.presets) == set(loop.STRATEGIES)
+    own = {name for name, rule in loop.STRATEGIES.items() if rule.numbers_of is None}
+    assert set(task_class(task).defaults.presets) == own
     assert {st for t, st in SCRIPTS | NO_SCRIPT if t == task} == set(loop.STRATEGIES)
 
 
@@ -119,9 +131,29 @@ def test_every_strategy_has_a_row_and_a_source(task):
 def test_the_strategies_that_train_are_the_scripts_that_train(task):
     for strategy in loop.STRATEGIES:
         assert loop.resolve_settings(task_class(task), strategy).update == (strategy in TRAINS)
+        if strategy == "discover":
+            continue
         # the Hugging Face Trainer defaults that train.py left in place
         s = loop.resolve_settings(task_class(task), strategy)
         assert (s.weight_decay, s.max_grad_norm, s.lr_schedule) == (0.0, 1.0, "linear")
+
+
+@pytest.mark.parametrize("task", sorted(COMMON))
+def test_discover_takes_the_settings_its_recipe_fixes(task):
+    """TTT-Discover's recipe (and its docs/launching.md): Adam at a constant lr 4e-5, LoRA rank 32 with alpha =
+    rank, no gradient clipping, no KL; the entropic objective and PUCT parents; each rollout trained on the prompt
+    that produced it, so word search's answers are not packed. Its two halves crossed with MiGrATe's group change
+    only their own idea."""
+    s = loop.resolve_settings(task_class(task), "discover")
+    assert (s.lr, s.lr_schedule, s.lora_r, s.lora_alpha, s.max_grad_norm, s.kl_coef) == \
+        (4e-5, "constant", 32, 32, 0.0, 0.0)
+    assert (s.objective, s.neighbours, s.on_own_prompt, s.pack) == ("entropic", "puct", True, False)
+    migrate = loop.resolve_settings(task_class(task), "migrate")
+    for crossing, changed in (("migrate-entropic", {"objective": "entropic"}), ("migrate-puct", {"neighbours": "puct"})):
+        s = loop.resolve_settings(task_class(task), crossing)
+        differs = {f: getattr(s, f) for f in ("objective", "neighbours", "on_own_prompt", "pack", "lr", "lora_r", "mu")
+                   if getattr(s, f) != getattr(migrate, f)}
+        assert differs == changed, crossing
 
 
 def test_evo_database_has_the_released_settings():

@@ -57,6 +57,6 @@ def test_a_new_strategy_is_one_table_entry(monkeypatch):
     assert (s.alpha, s.beta, s.gamma, s.update, s.neighbours) == (3, 1, 0, True, "parent")
     task = FruitTask("x")
     state = loop.new_state(s, task)
-    plan = loop.plan_group(s, task, state.history, state.islands, state.rng)
+    plan = loop.plan_group(s, task, state)
     assert [m.origin for m, _ in plan] == ["on-policy"] * 3 + ["greedy"]
     assert plan[-1][0].text in ("[apple]", "[pear]")  # one of the top-2 past solutions, replayed

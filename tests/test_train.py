@@ -34,7 +34,8 @@ class CountA(Task):
     name = "count-a"
     defaults = TaskDefaults({"random": Preset(16), "ns": Preset(0, 0, 16), "opro": Preset(0, 0, 16),
                              "grpo": Preset(16), "grpo-greedy": Preset(15, 1, 0), "migrate": Preset(11, 1, 4),
-                             "migrate-opro": Preset(11, 1, 4), "migrate-evo": Preset(11, 1, 4, mu=1)},
+                             "migrate-opro": Preset(11, 1, 4), "migrate-evo": Preset(11, 1, 4, mu=1),
+                             "discover": Preset(0, 0, 8, mu=1)},
                             topk=2, mu=2, lr=3e-2, lora_r=4, lora_alpha=8, max_new_tokens=6, iterations=12)
 
     def prompt(self):
@@ -196,3 +197,30 @@ def test_micro_batches_and_checkpointing_give_the_whole_group_gradient(overrides
 def test_micro_batches_cover_every_row_once():
     assert loop.micro_batches(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 6)]
     assert loop.micro_batches(5, 0) == [slice(0, 5)] == loop.micro_batches(5, 9)
+
+
+@pytest.mark.parametrize("strategy", ["discover", "migrate-entropic", "migrate-puct"])
+def test_ttt_discover_and_its_crossings_train_through_the_loop(tmp_path, strategy):
+    s, policy = make_policy(strategy, iterations=6, patience=6)
+    x = loop.Search(s, CountA("x"), tmp_path)
+    loop.search(policy, [x], quiet=True)
+    records = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()][1:]
+    updates = [r for r in records if r.get("loss") is not None]
+    assert updates and all(r["clip_fraction"] == 0.0 for r in updates) == (strategy != "migrate-puct")
+    assert all(("beta" in r) == (strategy != "migrate-puct") for r in updates)
+    assert x.optimizer.steps == len(updates) * s.mu
+
+
+def test_discover_trains_each_member_on_the_prompt_that_made_it(tmp_path):
+    """MiGrATe trains every member as an answer to the on-policy prompt; TTT-Discover on its own prompt."""
+    for strategy, trained_on in (("discover", "likeaab?"), ("migrate", "say?")):
+        s, policy = make_policy(strategy)
+        x = started(s, policy)
+        ns = CountA("x").neighbourhood_prompt("aab")
+        members = [loop.Member("neighbourhood", "ns", "aab", text=">" + w, tokens=[], prompt=ns,
+                               reward=w.count("a") / len(w)) for w in ("ab", "bab", "aaab", "bb")]
+        seen, prompt_ids = [], policy.prompt_ids
+        policy.prompt_ids = lambda p: seen.append(p.messages[-1]["content"]) or prompt_ids(p)
+        loop.grpo_update(policy, [(x, members)])
+        assert trained_on in seen, (strategy, seen)
+
