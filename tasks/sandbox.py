@@ -14,13 +14,14 @@ Two ways to run, chosen by `sandbox` ("auto" picks the first that works, "strict
      clean up) holding only what a program needs: the interpreter, its standard library (its site-packages
      hidden), numpy at /packages, the folders of the shared libraries these load, and /dev/null (no project
      files, no other Python package, no cache, no home, no /proc, no /tmp); it chroots into it, and `setpriv`
-     drops to a fresh random unprivileged uid (as root; otherwise root of the user namespace) with an empty
-     capability bounding set and no_new_privs. The worker (tasks/sandbox_worker.py, pid 1 there) installs a
-     seccomp filter (no sockets but AF_UNIX, no IPC objects, no kernel keys, no new namespaces, no io_uring),
-     imports numpy once, then forks one child per program from that pristine state, and after each program
-     kills every other process of its namespace. The network namespace has only a loopback that is down. Per
-     program: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_NPROC (4 processes/threads of the worker's uid, the
-     worker included), no writable file system at all, prints to /dev/null, results capped at output_bytes, and
+     drops to a fresh random unprivileged uid, one per worker (as root; otherwise root of the worker's own user
+     namespace), with an empty capability bounding set and no_new_privs. The worker (tasks/sandbox_worker.py,
+     pid 1 there) installs a seccomp filter (no sockets but AF_UNIX, no IPC objects, no kernel keys, no new
+     namespaces, no io_uring), imports numpy once, then forks one child per program from that pristine state,
+     and after each program kills every other process of its namespace. The network namespace has only a
+     loopback that is down. Per program: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_NPROC (4 processes/threads
+     of the worker's own uid, the worker included, so every program may start the same 2 whatever the other
+     workers run), no writable file system at all, prints to /dev/null, results capped at output_bytes, and
      a wall-clock limit per call that the worker enforces from outside (the child is killed 0.25 s past it).
   2. process (the slow twin, and the fallback where namespaces are unavailable): one fresh `python -I` per
      program with rlimits, the same seccomp filter where the machine allows it, an audit hook and an empty
@@ -59,7 +60,7 @@ from tasks.sandbox_worker import KILL_AFTER, read_lines
 
 WORKER_CODE = (Path(__file__).parent / "sandbox_worker.py").read_text()
 MODES = ("auto", "strict", "process")
-MAX_PROCESSES = 4  # per isolated worker uid: the worker, the program and 2 more processes or threads
+MAX_PROCESSES = 4  # per isolated worker's uid: the worker, the program and 2 more processes or threads
 PACKAGES = "/packages"  # numpy's place inside the sandbox: the one folder on sys.path besides the stdlib
 # The sandbox's root is mounted over /sys inside each worker's private mount namespace: a folder every Linux
 # has, that no file a program needs lies under, and that the host never sees change (nothing to clean up).
@@ -152,7 +153,7 @@ def isolation(mode: str = "auto", workers: int = 1) -> str:
 
 def describe(pool, mode: str) -> str:
     if pool is not None:
-        who = f"uid {pool.uid}" if os.geteuid() == 0 else "root of a user namespace"
+        who = "a fresh uid per worker" if os.geteuid() == 0 else "root of a user namespace"
         return (f"sandbox: isolated workers ({len(pool.workers)} warm; namespaces pid, mount, net, ipc, uts; "
                 f"seccomp; {who} without capabilities; read-only stdlib + numpy only)")
     if mode == "process":
@@ -193,25 +194,33 @@ class WorkerPool:
             raise SandboxUnavailable("unshare/setpriv not found: apt-get install util-linux")
         self.tools = tools
         self.layout = root_layout(os.path.realpath(tools["setpriv"]))
-        self.uid = random.SystemRandom().randrange(1 << 24, 1 << 30)  # unused by anyone: RLIMIT_NPROC is ours
+        self.uids_given: set[int] = set()
         self.workers: list[Worker] = []
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
         atexit.register(self.close)
         self.grow(1)  # fails here, once, if namespaces do not work on this machine
 
-    def command(self) -> list[str]:
+    def start(self) -> "Worker":
+        """A new worker under a uid of its own, never given before: RLIMIT_NPROC counts every process of a uid on
+        the machine, so workers sharing one would spend each other's programs' allowance."""
+        uid = fresh_uid(self.uids_given)
+        self.uids_given.add(uid)
+        return Worker(self.command(uid), uid)
+
+    def command(self, uid: int) -> list[str]:
+        """The host command of one worker that runs as `uid` (as root; otherwise as root of its user namespace)."""
         as_root = os.geteuid() == 0
         ns = [self.tools["unshare"], "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child"]
         ns += [] if as_root else ["--user", "--map-root-user"]
         drop = [os.path.realpath(self.tools["setpriv"]), "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL"]
-        drop += [f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"] if as_root else []
+        drop += [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if as_root else []
         boot = f"import sys\nsys.path.append({PACKAGES!r})\n{WORKER_CODE}\nserve()\n"
         python = [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", boot]  # -S: no site-packages
         return ns + ["/bin/sh", "-c", SETUP, "sandbox-setup", NEW_ROOT, *self.layout, "--", *drop, "--", *python]
 
     def grow(self, n: int) -> None:
         """Start workers (concurrently) until there are n."""
-        new = [Worker(self.command()) for _ in range(n - len(self.workers))]
+        new = [self.start() for _ in range(n - len(self.workers))]
         for w in new:
             w.wait_ready()
             self.workers.append(w)
@@ -225,7 +234,7 @@ class WorkerPool:
         except WorkerBroken:
             w.kill()
             self.workers.remove(w)
-            w = Worker(self.command())
+            w = self.start()
             w.wait_ready()
             self.workers.append(w)
             return []
@@ -236,6 +245,15 @@ class WorkerPool:
         for w in self.workers:
             w.kill()
         self.workers = []
+
+
+def fresh_uid(taken: set[int]) -> int:
+    """A random uid far above any a system or a person is given, and not in `taken`."""
+    draw = random.SystemRandom()
+    while True:
+        uid = draw.randrange(1 << 24, 1 << 30)
+        if uid not in taken:
+            return uid
 
 
 # Runs as root of the new namespaces, before any program: build the read-only root and enter it.
@@ -350,7 +368,8 @@ class WorkerBroken(Exception):
 class Worker:
     """One isolated worker process tree: `unshare` on the host, the worker as pid 1 of its namespaces."""
 
-    def __init__(self, command: list[str]):
+    def __init__(self, command: list[str], uid: int):
+        self.uid = uid  # its programs' uid as root; unused otherwise (they are root of the worker's user namespace)
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=child_env(), start_new_session=True)
 

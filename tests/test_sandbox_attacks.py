@@ -6,7 +6,8 @@ harmless and the program then returns its input; and nothing may leak out: the p
 output, no file appears outside, no process outlives its program. All attacks run as one batch (shared by the
 tests below) so the file stays fast; a few attacks that return what they saw use run_programs directly: other
 socket families, IPC objects and kernel keys that could reach the next program, new namespaces, what a
-program can see, and a run killed with SIGKILL. docs/sandbox.md maps each attack to what answers it.
+program can see, the same process allowance beside other workers, and a run killed with SIGKILL.
+docs/sandbox.md maps each attack to what answers it.
 """
 import errno
 import json
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 import pytest
@@ -209,6 +211,10 @@ ATTACKS = {
 }
 
 
+def worker_uids(pool) -> set[int]:
+    return {w.uid for w in pool.workers}
+
+
 def parent_processes_of(uid: int) -> list[int]:
     """Pids of the host's processes running as `uid`."""
     pids = []
@@ -299,14 +305,15 @@ def test_host_stays_clean(attacked):
     # nothing new in the host's temporary folder from the programs (other work on the machine may add files)
     tmp = tempfile.gettempdir()
     assert "x" not in attacked["tmp_new"]
-    assert not [n for n in attacked["tmp_new"] if os.lstat(os.path.join(tmp, n)).st_uid == attacked["pool"].uid]
+    uids = worker_uids(attacked["pool"])
+    assert not [n for n in attacked["tmp_new"] if os.lstat(os.path.join(tmp, n)).st_uid in uids]
 
 
 def test_no_process_outlives_its_program_and_the_workers_survive(attacked):
     pool = attacked["pool"]
     assert sorted(w.proc.pid for w in pool.workers) == attacked["workers_before"]  # none died or was replaced
-    if os.geteuid() == 0:  # each worker's uid is its own: only the workers themselves (pid 1 there) remain
-        assert len(parent_processes_of(pool.uid)) == len(pool.workers)
+    if os.geteuid() == 0:  # each worker's uid is its own: only the worker itself (pid 1 there) remains of each
+        assert [len(parent_processes_of(uid)) for uid in worker_uids(pool)] == [1] * len(pool.workers)
 
 
 def test_the_batch_takes_seconds_not_minutes(attacked):
@@ -333,7 +340,7 @@ def test_what_a_program_can_see():
     assert "MIGRATE_TEST_SECRET" not in env and "HOME" not in env
     assert (proc, cache, passwd) == (False, False, False)
     if os.geteuid() == 0:
-        assert uid == sandbox._pool.uid != 0
+        assert uid in worker_uids(sandbox._pool) and uid != 0
     assert json.dumps(seen)  # plain data came back
 
 
@@ -394,9 +401,9 @@ def test_queues_keys_and_shared_memory_neither_outlive_a_program_nor_stay_in_the
     made, found = run_in_one_worker([make, find], [0])
     assert found == [[False, False, False]]  # nothing the first program made reached the next one
     assert made == [[False, False, False]]  # refused outright: there is nothing to clean up after it
-    with open("/proc/key-users") as f:  # the kernel holds no key of the pool's uid (of root's user ns if not root)
+    with open("/proc/key-users") as f:  # the kernel holds no key of a worker's uid (of root's user ns if not root)
         owners = {int(line.split(":")[0]) for line in f}
-    assert sandbox._pool.uid not in owners or os.geteuid() != 0
+    assert not worker_uids(sandbox._pool) & owners or os.geteuid() != 0
 
 
 @known_machine
@@ -412,6 +419,28 @@ def test_new_namespaces_io_uring_and_perf_events_are_refused_and_threads_still_r
            "    t = threading.Thread(target=box.append, args=(7,))\n    t.start()\n    t.join()\n"
            "    return box + refused")
     assert run_programs([src], [0], sandbox="strict") == [[[7] + [errno.EPERM] * len(calls)]]
+
+
+def test_every_program_may_start_the_same_threads_however_many_workers_run_beside_it():
+    """RLIMIT_NPROC counts every process of a uid on the machine: were the workers to share one, the other warm
+    workers and their programs would use up a program's allowance, and a program would behave differently by
+    the pool's size. A pool of its own, as many workers as the allowance, every worker running the program."""
+    src = ("import threading\ndef transform(g):\n    started, stop = 0, threading.Event()\n    try:\n"
+           "        while started < 10:\n            threading.Thread(target=stop.wait).start()\n"
+           "            started += 1\n    except RuntimeError:\n        pass\n    stop.set()\n    return started")
+    limits = sandbox.Limits()
+    spec = sandbox.job_spec(src, "[0]", 1, limits, sandbox.MAX_PROCESSES, entry="transform", numpy_entry=None,
+                            modules={})
+    pool = sandbox.WorkerPool()
+    try:
+        pool.grow(sandbox.MAX_PROCESSES)
+        with ThreadPoolExecutor(sandbox.MAX_PROCESSES) as threads:
+            lines = list(threads.map(lambda _: pool.run(spec, 1, limits), range(sandbox.MAX_PROCESSES)))
+        uids = worker_uids(pool)
+    finally:
+        pool.close()
+    assert [sandbox.decode_results(out, 1) for out in lines] == [[sandbox.MAX_PROCESSES - 2]] * sandbox.MAX_PROCESSES
+    assert len(uids) == sandbox.MAX_PROCESSES
 
 
 def test_programs_see_the_stdlib_and_the_hosts_numpy_and_no_other_python_package():
@@ -431,16 +460,18 @@ def test_programs_see_the_stdlib_and_the_hosts_numpy_and_no_other_python_package
 
 def test_a_killed_run_leaves_nothing_behind(tmp_path):
     """SIGKILL gives no chance to clean up: nothing may need it (no folder in TMPDIR, no worker left running)."""
-    code = ("import sys\nimport tasks.sandbox as s\ns.isolation('strict')\nprint(s._pool.uid, flush=True)\n"
-            "sys.stdin.read()")
+    code = ("import sys\nimport tasks.sandbox as s\ns.isolation('strict', 2)\n"
+            "print(*[w.uid for w in s._pool.workers], flush=True)\nsys.stdin.read()")
     project = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
     run = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=dict(os.environ, TMPDIR=str(tmp_path)),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    uid = int(run.stdout.readline())
+    uids = [int(uid) for uid in run.stdout.readline().split()]
     run.kill()
     run.wait()
+    assert len(set(uids)) == 2
+    left = lambda: [pid for uid in uids for pid in parent_processes_of(uid)]
     deadline = time.monotonic() + 10
-    while os.geteuid() == 0 and parent_processes_of(uid) and time.monotonic() < deadline:
+    while os.geteuid() == 0 and left() and time.monotonic() < deadline:
         time.sleep(0.05)  # the workers see their input close and end with their namespaces
-    assert os.geteuid() != 0 or parent_processes_of(uid) == []
+    assert os.geteuid() != 0 or left() == []
     assert os.listdir(tmp_path) == []
