@@ -28,6 +28,7 @@ for every search's group. One search is a sweep of one.
 
 The command line is migrate.py; this module knows nothing of it: settings come in as plain values.
 """
+import dataclasses
 import datetime
 import json
 import random
@@ -44,11 +45,13 @@ import sampler
 from grpo import (adaptive_beta, completion_logprobs, discover_loss, entropic_advantages, group_advantages, grpo_loss,
                   share_prompt_pays)
 from history import Archive, History, Islands
-from model import add_lora, load_lora_state_dict, lora_disabled, lora_state_dict, seeded_adapter
+from adapter import check_adapter_fits, check_adapter_settings, read_adapter
+from model import LORA_TARGETS, add_lora, load_lora_state_dict, lora_disabled, lora_state_dict, seeded_adapter
 from optim import AdamW, clip_grad_norm
 from rundir import (RunState, append_record, atomic_write, check_finished, keep_log_lines, load_state, save_state,
                     short, write_results)
 from settings import DEFAULTS, Settings, UsageError, check_settings, check_types
+from tracking import Tracker, open_tracker
 
 # ----------------------------------------------------------------------------------------------------------
 # The policy: model + tokenizer + LoRA + optimiser, and how prompts become token ids.
@@ -60,11 +63,16 @@ class Policy:
     def __init__(self, model, tokenizer, s: Settings, generate=None, adapters: int = 1):
         self.model, self.tok, self.s = model, tokenizer, s
         self.generate = generate or sampler.generate
-        self.adapters, self.params = adapters, []
+        self.adapters, self.params, self.init_adapter = adapters, [], None
         if model is not None:
             check_fits_model(s, model.cfg)
-        if s.update:
+        if s.update or s.init_adapter:  # an inference-only baseline samples from a given adapter, untrained
             self.params = add_lora(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout, adapters=adapters)
+        if s.init_adapter:
+            saved = read_adapter(s.init_adapter)
+            check_adapter_settings(saved, s.lora_r, s.lora_alpha, LORA_TARGETS)
+            check_adapter_fits(saved, model)
+            self.init_adapter = saved.tensors
         self.end_of_turn = getattr(tokenizer, "end_of_turn", None)
         if self.end_of_turn is None:
             raise UsageError("the model's tokenizer has no end-of-turn or end-of-sequence token; is it a chat model?")
@@ -72,14 +80,16 @@ class Policy:
         self.today = datetime.date.fromisoformat(s.started) if s.started else None
 
     def start(self, x: "Search", adapter: dict | None = None, optimizer: dict | None = None) -> None:
-        """The search's slot takes its adapter (a fresh one from its seed, or the one it saved) and the search a
-        fresh AdamW over that slot (or the state it saved)."""
-        if not self.s.update:
+        """The search's slot takes its adapter (the one it saved, else --init-adapter's, else a fresh one from its
+        seed) and, if it trains, the search a fresh AdamW over that slot (or the state it saved)."""
+        if not self.params:
             return
-        load_lora_state_dict(self.model, adapter or seeded_adapter(self.model, x.s.seed), x.slot)
-        x.optimizer = AdamW(self.params, x.slot, weight_decay=self.s.weight_decay)
-        if optimizer:
-            x.optimizer.load_state_dict(optimizer)
+        load_lora_state_dict(self.model, adapter or self.init_adapter or seeded_adapter(self.model, x.s.seed),
+                             x.slot)
+        if self.s.update:
+            x.optimizer = AdamW(self.params, x.slot, weight_decay=self.s.weight_decay)
+            if optimizer:
+                x.optimizer.load_state_dict(optimizer)
 
     def adapter(self, x: "Search") -> dict | None:
         """The search's adapter, as its run folder keeps it."""
@@ -105,6 +115,7 @@ class Search:
     slot: int = 0
     state: RunState | None = None
     optimizer: AdamW | None = None
+    tracker: Tracker = field(default_factory=Tracker)  # Weights & Biases, when --wandb asks
 
 
 def check_fits_model(s: Settings, cfg) -> None:
@@ -592,6 +603,18 @@ def search(policy: Policy, searches: list[Search], quiet=False) -> list[dict]:
     label = f"{len(searches)} searches" if len(searches) > 1 else searches[0].s.target
     bar = tqdm(total=sum(x.s.iterations for x in searches), desc=f"{policy.s.strategy} {label}"[:40],
                disable=quiet, dynamic_ncols=True)
+    try:
+        run_all(policy, waiting, live, summaries, bar, quiet)
+    except BaseException:
+        for x in live:
+            x.tracker.close(failed=True)
+        raise
+    bar.close()
+    return [summaries[id(x)] for x in searches]
+
+
+def run_all(policy: Policy, waiting: list[Search], live: list[Search], summaries: dict, bar, quiet: bool) -> None:
+    """search's loop: start waiting searches in free slots, iterate the live ones, finish those that end."""
     timed = False
     while waiting or live:
         while waiting and len(live) < policy.adapters:
@@ -602,7 +625,7 @@ def search(policy: Policy, searches: list[Search], quiet=False) -> list[dict]:
             if x.state is None:  # it finished in an earlier session: only its light files are left
                 summaries[id(x)] = check_finished(x.run_dir, x.s.update)
             elif x.state.finished:  # stopped between its last state and its results: write them now
-                summaries[id(x)] = write_results(x.run_dir, x.s, x.state, policy.adapter(x), x.task)
+                summaries[id(x)] = finish(policy, x)
             else:
                 live.append(x)
         if not live:
@@ -617,12 +640,17 @@ def search(policy: Policy, searches: list[Search], quiet=False) -> list[dict]:
             finish_iteration(policy, x, record)
             bar.update(1)
             if x.state.finished:
-                summaries[id(x)] = write_results(x.run_dir, x.s, x.state, policy.adapter(x), x.task)
+                summaries[id(x)] = finish(policy, x)
                 bar.update(x.s.iterations - x.state.iteration)
         bar.set_postfix_str(progress(records))
-        live = [x for x in live if not x.state.finished]
-    bar.close()
-    return [summaries[id(x)] for x in searches]
+        live[:] = [x for x in live if not x.state.finished]
+
+
+def finish(policy: Policy, x: Search) -> dict:
+    """A search that ended: its results on disk (rundir.write_results), its tracked run closed."""
+    summary = write_results(x.run_dir, x.s, x.state, policy.adapter(x), x.task)
+    x.tracker.close(summary)
+    return summary
 
 
 def begin(policy: Policy, x: Search) -> None:
@@ -633,6 +661,8 @@ def begin(policy: Policy, x: Search) -> None:
     if (x.run_dir / "best.json").exists() and not (x.run_dir / "state.pt").exists():
         return
     log = x.run_dir / "history.jsonl"
+    x.tracker = open_tracker(x.s.wandb, f"{x.run_dir.parent.name}/{x.run_dir.name}", dataclasses.asdict(x.s),
+                             x.run_dir)
     if (x.run_dir / "state.pt").exists():
         x.state, adapter, optimizer = load_state(x.run_dir, x.s.device)
         policy.start(x, adapter, optimizer)
@@ -640,8 +670,10 @@ def begin(policy: Policy, x: Search) -> None:
     else:
         policy.start(x)
         x.state = new_state(x.s, x.task)
-        atomic_write(log, json.dumps(warm_start_record(x.state)) + "\n")
+        warm = warm_start_record(x.state)
+        atomic_write(log, json.dumps(warm) + "\n")
         save_state(x.run_dir, x.state, policy.adapter(x), x.optimizer.state_dict() if x.optimizer else None)
+        x.tracker.log(warm)
 
 
 def progress(records: list[dict]) -> str:
@@ -664,6 +696,7 @@ def finish_iteration(policy: Policy, x: Search, record: dict) -> None:
         or stalled
     append_record(x.run_dir / "history.jsonl", record)
     save_state(x.run_dir, state, policy.adapter(x), x.optimizer.state_dict() if x.optimizer else None)
+    x.tracker.log(record)
 
 
 def rate_note(live: list[Search], records: list[dict], seconds: float, more_waiting: bool) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from adapter import write_hf_base
 from assets import AssetError
 from checkpoint import ModelLoadError, load_model
 from history import TaskProtocolError
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
       "(auto: warn and fall back where unavailable; strict: refuse; process: no isolation) [auto]")
     a("--quiet", action="store_true", help="no progress bar")
     a("--full", action="store_true", help="the paper's iterations and completion length on CPU too [a CPU demo]")
+    a("--export-base", metavar="DIR", help="write a Hugging Face copy of --model (a GGUF; default the embedded "
+      "SmolLM2) to DIR, the base that goes with a run's adapter in peft, vLLM and llama.cpp, then exit")
     for f in KNOBS:  # one flag per setting; None = not given, so a given flag can be told from a default
         kind = f.type  # int, float, str or bool
         extra = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def given_settings(args) -> dict:
     """The settings the user set on the command line, as plain values."""
     given = {f.name: getattr(args, f.name) for f in KNOBS if getattr(args, f.name) is not None}
+    if given.get("init_adapter"):  # a path that a resume from another folder still finds
+        given["init_adapter"] = str(Path(given["init_adapter"]).expanduser().resolve())
     given.update({k: v for k in ("model", "device", "dtype") if (v := getattr(args, k)) is not None})
     options = {k: v for k in ("arc_data", "sandbox") if (v := getattr(args, k))}
     if options:
@@ -221,6 +226,9 @@ def resumed_run(args) -> tuple[dict, list[str]]:
 
 
 def run(args) -> int:
+    if args.export_base:
+        print(f"wrote {write_hf_base(args.model, args.export_base)}")
+        return 0
     saved, targets = resumed_run(args) if args.resume else (None, None)
     task_cls = load_task_class(args.task or "wordsearch")
     given = dict(given_settings(args), task=args.task or "wordsearch")

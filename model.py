@@ -505,7 +505,10 @@ def _lora_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r=8, alpha=16, dropout=0.0,
+LORA_TARGETS = ("q_proj", "v_proj")  # the layers MiGrATe adapts, as the paper's runs did
+
+
+def add_lora(model: nn.Module, targets=LORA_TARGETS, r=8, alpha=16, dropout=0.0,
              adapters: int = 1) -> list[nn.Parameter]:
     """Freeze every parameter, wrap each nn.Linear whose name ends in one of `targets` with a bank of `adapters`
     LoRA adapters; return the LoRA parameters (each (adapters, ...)), A then B of each module in module order."""

@@ -150,7 +150,9 @@ def keep_log_lines(path: Path, iterations: int) -> None:
 
 
 def write_results(run_dir: Path, s, state: RunState, adapter: dict | None, task) -> dict:
+    from adapter import PEFT_FOLDER, adapter_metadata, base_model_name, write_peft_folder
     from checkpoint import write_safetensors
+    from model import LORA_TARGETS
     records = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines()]
     best = state.history.best()
     entries = [dataclasses.asdict(e) for e in state.history.top(len(state.history.entries))]
@@ -161,9 +163,13 @@ def write_results(run_dir: Path, s, state: RunState, adapter: dict | None, task)
                    first_solved_at=first_evaluation_reaching(records, task.solved_score),
                    report=task.report(entries), top=entries[:10])
     atomic_write(run_dir / "best.json", json.dumps(summary, indent=1))
-    if adapter is not None:
+    if adapter is not None:  # ours, and the same in PEFT's format (docs/adapters.md)
+        base = base_model_name(s.model)
         try:
-            write_safetensors(run_dir / "adapter.safetensors", adapter)
+            write_safetensors(run_dir / "adapter.safetensors", adapter,
+                              adapter_metadata(s.lora_r, s.lora_alpha, s.lora_dropout, LORA_TARGETS, base))
+            write_peft_folder(run_dir / PEFT_FOLDER, adapter, base, s.lora_r, s.lora_alpha, s.lora_dropout,
+                              LORA_TARGETS)
         except OSError as e:
             raise write_failed(run_dir / "adapter.safetensors", e) from None
     atomic_write(run_dir / "plot.svg", plot_svg(records, f"{s.task} / {s.target} / {s.strategy}"))
@@ -360,7 +366,8 @@ def note_resuming_code(out: Path, saved: dict, code: dict) -> None:
 
 
 def check_same_settings(out: Path, saved: dict, config: dict) -> None:
-    given = {k: v for k, v in json.loads(json.dumps(config["settings"])).items() if k != "target"}
+    # the target is each search's own; where the metrics go changes no result
+    given = {k: v for k, v in json.loads(json.dumps(config["settings"])).items() if k not in ("target", "wandb")}
     # a setting missing from the saved config was added to the code after the run began: it takes its value
     differs = [k for k, v in given.items() if k in saved["settings"] and saved["settings"][k] != v]
     if differs:

@@ -68,6 +68,12 @@ class Settings:
     # MiGrATe-Evo's island database (the released EvolutionDatabase's settings)
     islands: int = knob(4, "MiGrATe-Evo: number of islands")
     migrate_every: int = knob(40, "MiGrATe-Evo: iterations between migrations")
+    # where the adapter starts, and where the metrics go
+    init_adapter: str = knob("", "start each search's LoRA from this adapter: a PEFT folder, an adapter.safetensors "
+                                 "or a finished target's folder (its rank and alpha must be the run's)",
+                             default_text="a fresh adapter from the seed")
+    wandb: str = knob("", "send each iteration's metrics to this Weights & Biases project (pip install wandb; "
+                          "WANDB_MODE=offline logs with no network)", default_text="off")
     # engine
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu

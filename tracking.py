@@ -73,8 +73,9 @@ def open_tracker(project: str | None, run_name: str, config: dict, folder) -> Tr
     id_file = folder / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.exists() else None  # None: wandb makes one
     try:
+        # reinit="create_new" (wandb >= 0.19): the searches of a lockstep sweep each keep a run open at once
         run = wandb.init(project=project, name=run_name, config=config, dir=str(folder), id=run_id,
-                         resume="allow" if run_id else None)
+                         resume="allow" if run_id else None, reinit="create_new")
     except Exception as e:  # noqa: BLE001  wandb raises many kinds (no login, no network, bad project name)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise TrackingError(f"wandb could not start a run in project {project!r} ({why}); run `wandb login`, or "

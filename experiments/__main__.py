@@ -48,6 +48,15 @@ PROTOCOLS = {  # named experiments: defaults that explicit flags still override
     # an hour on this project's); needs Open Babel and dockstring.
     "docking": dict(task="molecule", targets="dock:DRD2,dock:ESR2", seeds="0,1,2", budget=1000, iterations=15,
                     strategies="random,grpo,migrate"),
+    # TTT-Discover beside MiGrATe at equal budget: discover and its two ideas crossed with MiGrATe's group, against
+    # migrate, ns and random, on the paper's word search and on the RDKit molecule objectives.
+    "discover-words": dict(task="wordsearch", targets="paper", seeds="0,1,2", budget=1000, iterations=100,
+                           strategies="random,ns,migrate,discover,migrate-entropic,migrate-puct",
+                           references="random,ns,migrate"),
+    "discover-molecules": dict(task="molecule", targets="rediscover:celecoxib,qed,mpo,logp-window", seeds="0,1,2",
+                               budget=1000, iterations=40,
+                               strategies="random,ns,migrate,discover,migrate-entropic,migrate-puct",
+                               references="random,ns,migrate"),
 }
 
 
@@ -65,6 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=int, default=200, help="black-box evaluations per target and seed")
     p.add_argument("--iterations", type=int, help="iterations per target and seed [the budget alone ends a run]")
     p.add_argument("--threshold", type=float, default=0.8, help="score whose first reach is timed")
+    p.add_argument("--references", default="random,ns,grpo", help="the strategies every other is paired against")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per sweep")
     p.add_argument("--threads", type=int, default=2, help="torch threads per process")
     p.add_argument("--out", default="results/search", help="the experiment folder: run folders go to OUT/runs/ "
@@ -85,6 +95,7 @@ def parse_args(argv=None):
     args, extra = p.parse_known_args(argv)
     args.extra = args.migrate_flags.split() + extra  # migrate.py keeps the last of a repeated flag
     args.strategies = args.strategies.split(",")
+    args.references = args.references.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     return args
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.measures import curve, run_dynamics
 from experiments.records import Sweep, current_sweeps
-from experiments.stats import (RESAMPLES, TIE, comparisons, mean_std, pair_statistics, paired_differences,
+from experiments.stats import (PAIRED_REFERENCES, RESAMPLES, TIE, comparisons, mean_std, pair_statistics, paired_differences,
                                wilson)
 from experiments.versions import choose_code, code_note, sweeps_by_code
 from loop import STRATEGIES
@@ -122,10 +122,11 @@ def pair_cells(c: dict) -> str:
             f"{c['wins']}/{c['ties']}/{c['losses']} | {c['verdict']} |")
 
 
-def write_table(results: dict, out: Path, threshold: float, note: str = "") -> str:
-    """table.md: the note on code, the per-strategy table, then the paired comparisons (table.csv, paired.csv)."""
-    rows, pairs = summary_rows(results), comparisons(results)
-    equal = comparisons(results, equal_evaluations=True)
+def write_table(results: dict, out: Path, threshold: float, note: str = "", references=PAIRED_REFERENCES) -> str:
+    """table.md: the note on code, the per-strategy table, then the paired comparisons against `references`
+    (table.csv, paired.csv)."""
+    rows, pairs = summary_rows(results), comparisons(results, references=references)
+    equal = comparisons(results, equal_evaluations=True, references=references)
     write_csv(out / "table.csv", rows)
     write_csv(out / "paired.csv", pairs + equal)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -271,7 +272,7 @@ def report(args, out: Path) -> None:
     if args.untrained_from:
         results, line = add_untrained_runs(args, Path(args.untrained_from), code, targets, results)
         note += " " + line
-    print(write_table(results, out, args.threshold, note))
+    print(write_table(results, out, args.threshold, note, args.references))
     write_target_table(results, out, targets)
     print(write_dynamics_table(results, out))
     write_curves(results, out, args.budget, f"{args.task}: best so far vs evaluations ({len(targets)} targets, "

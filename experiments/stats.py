@@ -89,10 +89,10 @@ def pair_statistics(diffs: list[float]) -> dict:
                 wins=w, ties=t, losses=l, verdict=verdict(ci, p))
 
 
-def comparisons(results: dict, equal_evaluations=False) -> list[dict]:
+def comparisons(results: dict, equal_evaluations=False, references=PAIRED_REFERENCES) -> list[dict]:
     """Every strategy against each reference present, each pair of strategies once (ns against random, not also
     random against ns); the rows are one family for Holm's adjustment of the sign test."""
-    refs = [r for r in PAIRED_REFERENCES if r in results]
+    refs = [r for r in references if r in results]
     rows = []
     for ref in refs:
         for strategy, runs in results.items():

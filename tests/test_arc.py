@@ -243,8 +243,10 @@ def test_paper_defaults():
     task_cls = tasks.TASKS["arc"]
     assert task_cls is ArcTask
     d = task_cls.defaults
-    assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"}
-    assert all(p.alpha + p.beta + p.gamma == 16 for p in d.presets.values())
+    assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo",
+                              "discover"}
+    assert all(p.alpha + p.beta + p.gamma == 16 for name, p in d.presets.items() if name != "discover")
+    assert d.presets["discover"].gamma == 8  # TTT-Discover's group of 8 (its recipe), not the paper's 16
     m = d.presets["migrate"]
     assert (m.alpha, m.beta, m.gamma) == (11, 1, 4)
     ns, opro = d.presets["ns"], d.presets["opro"]

@@ -287,7 +287,8 @@ def test_protocol_paper_sets_defaults_that_flags_override():
     args = parse_args(["--protocol", "paper", "--nproc", "2", "--lr", "5e-4"])
     assert (args.task, args.targets, args.seeds, args.budget, args.iterations) == \
         ("wordsearch", "paper", [0, 1, 2], 1000, 100)  # the paper's 100 iterations of 10 words
-    assert sorted(args.strategies) == sorted(STRATEGIES) and args.strategies[:4] == ["random", "ns", "grpo", "migrate"]
+    paper = {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro", "migrate-evo"}
+    assert set(args.strategies) == paper < set(STRATEGIES) and args.strategies[:4] == ["random", "ns", "grpo", "migrate"]
     assert args.nproc == 2 and args.extra == ["--lr", "5e-4"]
     assert parse_args(["--protocol", "paper", "--seeds", "0", "--iterations", "7"]).iterations == 7
     assert parse_args([]).budget == 200 and parse_args([]).iterations is None
@@ -412,3 +413,16 @@ def test_untrained_runs_come_from_another_experiment_of_the_same_code(tmp_path):
     assert line.startswith("random: the runs in")
     with pytest.raises(SystemExit, match="no runs of code other"):
         add_untrained_runs(args, tmp_path / "paper", "other", ["cat"], small)
+
+
+def test_the_references_choose_what_every_strategy_is_paired_against():
+    """random, ns, grpo by default; a protocol of TTT-Discover pairs against migrate instead of grpo."""
+    from experiments.stats import comparisons
+    runs = lambda best: [dict(seed=s, target="t", best=best + 0.01 * s) for s in range(3)]  # noqa: E731
+    results = {"random": runs(0.1), "migrate": runs(0.5), "discover": runs(0.4), "grpo": runs(0.3)}
+    pairs = lambda refs: {(r["strategy"], r["reference"]) for r in comparisons(results, references=refs)}  # noqa: E731
+    assert pairs(("random", "ns", "grpo")) == {("migrate", "random"), ("discover", "random"), ("grpo", "random"),
+                                               ("migrate", "grpo"), ("discover", "grpo")}
+    assert pairs(("random", "migrate")) == {("migrate", "random"), ("discover", "random"), ("grpo", "random"),
+                                            ("discover", "migrate"), ("grpo", "migrate")}
+    assert parse_args(["--protocol", "discover-words"]).references == ["random", "ns", "migrate"]

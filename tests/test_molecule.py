@@ -304,12 +304,14 @@ def test_examples_are_not_rediscovery_targets():
 def test_defaults_follow_the_paper():
     d = MoleculeTask.defaults
     assert set(d.presets) == {"random", "ns", "opro", "grpo", "grpo-greedy", "migrate", "migrate-opro",
-                              "migrate-evo"}
-    shape = {k: (p.alpha, p.beta, p.gamma) for k, p in d.presets.items()}
+                              "migrate-evo", "discover"}
+    assert (d.presets["discover"].gamma, d.presets["discover"].mu) == (8, 1)  # TTT-Discover's recipe
+    paper = {k: p for k, p in d.presets.items() if k != "discover"}
+    shape = {k: (p.alpha, p.beta, p.gamma) for k, p in paper.items()}
     assert shape["grpo"] == (5, 0, 0) and shape["grpo-greedy"] == (4, 1, 0)
     assert shape["migrate"] == (2, 1, 2) and shape["random"] == (5, 0, 0)
-    assert all(p.alpha + p.beta + p.gamma == 5 for p in d.presets.values())  # baselines use GRPO's group size
-    topk_mu = {k: (p.topk, p.mu) for k, p in d.presets.items()}
+    assert all(p.alpha + p.beta + p.gamma == 5 for p in paper.values())  # baselines use GRPO's group size
+    topk_mu = {k: (p.topk, p.mu) for k, p in paper.items()}
     assert topk_mu.pop("opro") == topk_mu.pop("migrate-opro") == (5, 2)  # OPRO lists the top 5
     assert topk_mu.pop("migrate-evo") == (1, 1) and set(topk_mu.values()) == {(1, 2)}
     assert (d.lr, d.lora_r, d.lora_alpha, d.max_new_tokens, d.iterations) == (5e-5, 64, 16, 256, 40)

@@ -1,0 +1,103 @@
+"""One sweep run two ways in one process: its searches one at a time, then all in lockstep (loop.search with one
+adapter per search), and the ratio of their times per phase (sampling, scoring, update) and end to end.
+
+Both ways run the same searches on the same model (the embedded SmolLM2-135M-Instruct by default, or --model), the
+same settings and seeds, for --iterations iterations each (patience and early stopping off, so both do the same
+number of iterations). A phase's time is read from the runs' records: time_sample and time_update are the wall
+time of the phase for the whole lockstep (logged once per search, so counted once per lockstep iteration here),
+time_score each search's own; the end-to-end time is the wall clock around loop.search. The ratio printed is one
+at a time over lockstep: how many times cheaper a search's iteration is in lockstep. The machine and its load at
+start and end are printed beside, since other jobs sharing the cores change every figure.
+
+    python bench/lockstep.py                                   # word search, the paper's ten targets, 3 iterations
+    python bench/lockstep.py --strategies migrate --iterations 5 --threads 2
+    python bench/lockstep.py --device cuda --model meta-llama/Llama-3.2-1B-Instruct --targets paper
+
+Left out: the harness's processes (--nproc), resume, and searches that end at different times (every search runs
+exactly --iterations here, so the lockstep batch stays full).
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loop  # noqa: E402
+from checkpoint import load_model  # noqa: E402
+from tasks import expand_targets, task_class  # noqa: E402
+
+PHASES = ("time_sample", "time_score", "time_update")
+
+
+def phase_times(searches: list, lockstep: bool) -> dict[str, float]:
+    """Seconds per phase over the searches' iterations: shared phases once per lockstep iteration."""
+    import json
+    totals = dict.fromkeys(PHASES, 0.0)
+    for i, x in enumerate(searches):
+        for line in (x.run_dir / "history.jsonl").read_text().splitlines()[1:]:
+            r = json.loads(line)
+            for phase in PHASES:
+                shared = lockstep and phase != "time_score"
+                if not shared or i == 0:  # every search logs the shared time: count it once
+                    totals[phase] += r[phase]
+    return totals
+
+
+def run(args, strategy: str, targets: list[str], lockstep: bool) -> tuple[dict, float]:
+    """(phase seconds, wall seconds) of the sweep, one search at a time or in lockstep."""
+    task_cls = task_class(args.task)
+    given = dict(device=args.device, iterations=args.iterations, patience=args.iterations, early_stop=False,
+                 seed=args.seed, **({"dtype": args.dtype} if args.dtype else {}))
+    s = loop.resolve_settings(task_cls, strategy, given)
+    model, tok = load_model(args.model, device=s.device, dtype=getattr(torch, s.dtype))
+    folder = Path(tempfile.mkdtemp(prefix="lockstep-bench-"))
+    searches = [loop.Search(dataclasses.replace(s, target=t), task_cls(t), folder / t) for t in targets]
+    t0 = time.perf_counter()
+    if lockstep:
+        loop.search(loop.Policy(model.eval(), tok, s, adapters=len(searches)), searches, quiet=True)
+    else:
+        policy = loop.Policy(model.eval(), tok, s)
+        for x in searches:
+            loop.search(policy, [x], quiet=True)
+    return phase_times(searches, lockstep), time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="wordsearch")
+    p.add_argument("--targets", default="paper", help="a named set or comma-separated targets [paper]")
+    p.add_argument("--strategies", default="migrate,random", help="one training, one sampling-only [migrate,random]")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="[the embedded SmolLM2-135M-Instruct]")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", help="[float32 on cpu, bfloat16 on cuda]")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    targets = expand_targets(task_class(args.task), args.targets)
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    print(f"{args.task}, {len(targets)} searches, {args.iterations} iterations each, {args.device}, "
+          f"{args.threads} thread(s), {cpu}, load {os.getloadavg()[0]:.1f}")
+    print("| strategy | phase | one at a time, s | lockstep, s | ratio (per search, lockstep cheaper by) |")
+    print("|---|---|---|---|---|")
+    for strategy in args.strategies.split(","):
+        alone, alone_wall = run(args, strategy, targets, lockstep=False)
+        together, together_wall = run(args, strategy, targets, lockstep=True)
+        for phase in PHASES:
+            ratio = alone[phase] / together[phase] if together[phase] > 0 else float("nan")
+            print(f"| {strategy} | {phase[5:]} | {alone[phase]:.1f} | {together[phase]:.1f} | {ratio:.2f}x |")
+        print(f"| {strategy} | end to end | {alone_wall:.1f} | {together_wall:.1f} | "
+              f"{alone_wall / together_wall:.2f}x |")
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
