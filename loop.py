@@ -382,7 +382,7 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
     gradients add up to the whole groups' (the same update in less memory), and s.grad_checkpoint recomputes
     each layer in backward."""
     s, model = policy.s, policy.model
-    out, train = [None] * len(batch), []
+    out, train, index = [None] * len(batch), [], []  # index: where each trained group's record goes in out
     for i, (x, members) in enumerate(batch):
         rewards = torch.tensor([m.reward for m in members])
         advantages, keep, info = group_signal(s, rewards)
@@ -392,37 +392,37 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
         completions, mask = pad_completions([training_tokens(policy, x.task, m) for m in members], s.device)
         # MiGrATe trains every member as an answer to the on-policy prompt; TTT-Discover on the prompt that made
         # it (one a group). Either way the group shares one prompt.
-        prompt = torch.tensor(policy.prompt_ids(members[0].prompt if s.on_own_prompt else x.task.prompt()),
-                              device=s.device)
-        train.append((i, x, prompt, completions, mask, advantages.to(s.device), keep.to(s.device)))
+        prompt = policy.prompt_ids(members[0].prompt if s.on_own_prompt else x.task.prompt())
+        train.append(TrainingGroup(x, torch.tensor(prompt, device=s.device), completions, mask,
+                                   advantages.to(s.device), keep.to(s.device)))
+        index.append(i)
         out[i] = info
     if not train:
         return out
-    batches = micro_batches(max(len(completions) for _, _, _, completions, *_ in train), s.micro_batch)
+    batches = micro_batches(max(len(g.completions) for g in train), s.micro_batch)
     # Fast path: each prompt's layers run once for its whole group (model.SharedPrefix) where that saves work;
     # the slow twin runs G full rows. Both give the same log-probs and gradients (tests/test_grpo.py). Many
     # searches always share: their prompts then run in one batch.
-    shared = len(train) > 1 or share_prompt_pays(train[0][2], len(train[0][3]))
+    shared = len(train) > 1 or share_prompt_pays(train[0].prompt, len(train[0].completions))
 
     def logprobs(rows: slice) -> list[torch.Tensor]:
-        """Each training search's log-probs of the given rows of its group, from one batched pass."""
+        """Each group's log-probs of the given rows, from one batched pass over all the groups."""
         prompts, counts, blocks = [None] * policy.adapters, [0] * policy.adapters, []
-        for _, x, prompt, completions, *_ in train:
-            block = completions[rows]
-            prompts[x.slot], counts[x.slot] = prompt, len(block)
+        for g in train:
+            block = g.completions[rows]
+            prompts[g.search.slot], counts[g.search.slot] = g.prompt, len(block)
             blocks.append(block)
         width = max(b.shape[1] for b in blocks)  # right-padded to one length; the mask hides the padding
         ids = torch.cat([torch.nn.functional.pad(b, (0, width - b.shape[1])) for b in blocks])
         logp = completion_logprobs(model, prompts, ids, counts, shared, compiled=s.compile_logprobs)
         return [part[:, :b.shape[1]] for part, b in zip(logp.split([len(b) for b in blocks]), blocks)]
 
-    def loss_of(k, logp, old, rows, ref):
-        _, _, _, completions, mask, adv, keep = train[k]
+    def loss_of(g: TrainingGroup, logp, old, rows, ref):
         if s.objective == "entropic":  # a sum over every member's tokens, unclipped (its docstring)
-            loss, stats = discover_loss(logp, old, adv[rows], mask[rows])
+            loss, stats = discover_loss(logp, old, g.advantages[rows], g.mask[rows])
             return loss, dict(stats, clip_fraction=torch.zeros(()))  # nothing is clipped
-        return grpo_loss(logp, old, adv[rows], mask[rows], member_mask=keep[rows], eps_low=s.eps_low,
-                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=len(completions))
+        return grpo_loss(logp, old, g.advantages[rows], g.mask[rows], member_mask=g.keep[rows], eps_low=s.eps_low,
+                         eps_high=s.eps_high, ref_logp=ref, kl_coef=s.kl_coef, group_size=len(g.completions))
     refs = [None] * len(train)
     if s.kl_coef > 0:
         with torch.no_grad(), lora_disabled(model):
@@ -437,13 +437,15 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
         parts = []
         for rows in batches:
             logps = logprobs(rows)
-            loss = sum(loss_of(k, logp, logp.detach() if olds[k] is None else olds[k][rows], rows,
-                               None if refs[k] is None else refs[k][rows])[0] for k, logp in enumerate(logps))
+            loss = sum(loss_of(g, logp, logp.detach() if old is None else old[rows], rows,
+                               None if ref is None else ref[rows])[0]
+                       for g, logp, old, ref in zip(train, logps, olds, refs))
             loss.backward()  # each search's loss reaches only its own adapter; micro-batches add up
             parts.append([logp.detach() for logp in logps])
         logps = [torch.cat([p[k] for p in parts]) for k in range(len(train))]
         olds = [old if old is not None else logp for old, logp in zip(olds, logps)]  # before the first step
-        for k, (i, x, *_) in enumerate(train):
+        for g, i in zip(train, index):
+            x = g.search
             grad_norm = clip_grad_norm(policy.params, x.slot, s.max_grad_norm or float("inf"))
             lr = learning_rate(x.s, x.state.iteration + 1, step, x.state.history.evaluations)
             x.optimizer.step(lr)
@@ -454,10 +456,22 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
             out[i] = dict(out[i], lr=lr, grad_norm=float(grad_norm))
     model.checkpointing = False
     model.eval()
-    for k, (i, *_) in enumerate(train):  # the last step's loss and statistics, for the log
-        loss, stats = loss_of(k, logps[k], olds[k], slice(None), refs[k])
+    for g, i, logp, old, ref in zip(train, index, logps, olds, refs):  # the last step's loss and statistics
+        loss, stats = loss_of(g, logp, old, slice(None), ref)
         out[i] = dict(loss=float(loss), **out[i], **{name: float(v) for name, v in stats.items()})
     return out
+
+
+@dataclass
+class TrainingGroup:
+    """One search's group as the update takes it: the prompt every member continues (P,), the completions and
+    their mask (G, L), the advantages and the members that enter the loss (G,)."""
+    search: Search
+    prompt: torch.Tensor
+    completions: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    keep: torch.Tensor
 
 
 def group_signal(s: Settings, rewards: torch.Tensor) -> tuple:
