@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from checkpoint import ModelLoadError, load_model
 from history import TaskProtocolError
 from loop import STRATEGIES, Policy, Search, TrainingDiverged, resolve_settings, search
 from rundir import RunFolderError, prepare_out_dir, read_config, short, slug, write_summary
-from settings import KNOBS, UsageError
+from settings import KNOBS, UsageError, check_settings
 from tasks import expand_targets, load_task_class
 
 
@@ -44,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--strategy", choices=STRATEGIES, help="which method of the paper to run [migrate]")
     a("--model", help="HF checkpoint folder, .gguf file, or ORG/NAME in the local Hugging Face cache "
                       "[embedded SmolLM2-135M-Instruct]")
-    a("--out", help="run folder [runs/TASK-STRATEGY-seedN]")
-    a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings")
+    a("--seeds", help="comma-separated random seeds: the targets under each, one run folder per seed ({seed} in "
+                      "--out), all searched together in lockstep [--seed]")
+    a("--out", help="run folder [runs/TASK-STRATEGY-seed{seed}]")
+    a("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder with its settings; several "
+                                          "folders of one sweep's seeds, comma-separated, continue together")
     a("--device", help="cpu or cuda [cuda if available]")
     a("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype [float32 on cpu, bfloat16 on cuda]")
     a("--arc-data", help="ARC: folder of task JSON files or one combined file [embedded ARC-AGI-1]")
@@ -102,10 +106,10 @@ def cpu_threads(s) -> tuple[int, str]:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))), f"{cores} cores; --threads N to change"
 
 
-def default_out(task_cls, s) -> Path:
-    """runs/TASK-STRATEGY-seedN under the working directory, named by the task's name, never by its file's path
-    (a path such as ../tasks/x.py would put the run outside runs/)."""
-    return Path("runs") / f"{slug(task_cls.name)}-{s.strategy}-seed{s.seed}"
+def default_out(task_cls, s) -> str:
+    """runs/TASK-STRATEGY-seed{seed} under the working directory, named by the task's name, never by its file's
+    path (a path such as ../tasks/x.py would put the run outside runs/)."""
+    return f"runs/{slug(task_cls.name)}-{s.strategy}-seed{{seed}}"
 
 
 def native_bfloat16() -> bool:
@@ -180,16 +184,16 @@ def gather_failures(store, rank: int, world: int, failure: Exception | None) -> 
     return [store.get(f"failure{r}").decode() for r in range(world)]
 
 
-def search_my_targets(s, mine: list[str], out: Path, tasks_by_target: dict, quiet: bool) -> None:
-    """This process's share of the targets, one search each, advanced in lockstep by --lockstep at a time (each
-    with its own adapter of the model's bank), with the model loaded once."""
+def search_my_share(s, mine: list, quiet: bool) -> None:
+    """This process's share of the searches, advanced in lockstep --lockstep at a time (each with its own adapter
+    of the model's bank), with the model loaded once."""
+    if not mine:  # more torchrun ranks than searches
+        return
     try:
-        model, tokenizer = load_model(s.model, device=s.device, dtype=getattr(torch, s.dtype))
+        model, tokenizer = load_model(s.model, device=mine[0].s.device, dtype=getattr(torch, s.dtype))
     except ModelLoadError as e:
         raise UsageError(str(e))
-    policy = Policy(model.eval(), tokenizer, s, adapters=min(s.lockstep, len(mine)))
-    search(policy, [Search(dataclasses.replace(s, target=t), tasks_by_target[t], out / slug(t)) for t in mine],
-           quiet=quiet)
+    search(Policy(model.eval(), tokenizer, s, adapters=min(s.lockstep, len(mine))), mine, quiet=quiet)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,63 +216,114 @@ def main(argv=None) -> int:
         return 2
 
 
-def resumed_run(args) -> tuple[dict, list[str]]:
-    """--resume: the saved run says what runs. Its task, strategy and targets cannot be changed by a flag."""
-    saved = read_config(Path(args.resume))
-    st = saved["settings"]
-    for flag, value in (("task", st["task"]), ("strategy", st["strategy"])):
-        if getattr(args, flag) not in (None, value):
-            raise UsageError(f"{args.resume} is a {flag} {value!r} run; --{flag} cannot change it on --resume")
-    if args.target or args.targets:
-        raise UsageError(f"{args.resume} searches its own targets; --target/--targets cannot change them on --resume")
-    args.task, args.strategy = st["task"], st["strategy"]
-    return st, saved["targets"]
+@dataclass
+class Sweep:
+    """One run folder: its settings (its random seed) and targets, one search each."""
+    out: Path
+    s: object  # settings.Settings
+    targets: list[str]
+
+
+def resumed_sweeps(args) -> tuple[type, list[Sweep]]:
+    """--resume DIR[,DIR...]: the saved runs say what runs (their task, strategy, settings and targets, which no
+    flag may change), and several folders continue together only if they are one sweep's seeds."""
+    configs = [(Path(f), read_config(Path(f))) for f in args.resume.split(",")]
+    first = configs[0][1]["settings"]
+    for flag in ("task", "strategy"):
+        if getattr(args, flag) not in (None, first[flag]):
+            raise UsageError(f"{args.resume} is a {flag} {first[flag]!r} run; --{flag} cannot change it on --resume")
+    if args.target or args.targets or args.seeds:
+        raise UsageError(f"{args.resume} searches its own targets and seeds; --target(s) and --seeds cannot change "
+                         "them on --resume")
+    args.task, args.strategy = first["task"], first["strategy"]
+    task_cls = load_task_class(args.task)
+    given = dict(given_settings(args), task=args.task)
+    sweeps = [Sweep(out, resolve_settings(task_cls, args.strategy, given, c["settings"]), c["targets"])
+              for out, c in configs]
+    shared = [{k: v for k, v in dataclasses.asdict(sw.s).items() if k not in ("seed", "started")} for sw in sweeps]
+    if any(other != shared[0] for other in shared[1:]):
+        raise UsageError(f"{args.resume}: these folders are not one sweep (their settings differ beyond the seed); "
+                         "resume them one at a time")
+    return task_cls, sweeps
+
+
+def new_sweeps(args, task_cls, s) -> list[Sweep]:
+    """The targets under s's seed, or under each of --seeds: one run folder each (--out holds {seed})."""
+    if args.target and args.targets:
+        raise UsageError("give --target or --targets, not both")
+    if args.target is not None and not args.target.strip():
+        raise UsageError("--target is empty; leave it out for the task's default target")
+    targets = expand_targets(task_cls, args.targets) if args.targets else [args.target or task_cls.default_target]
+    if args.seeds and args.seed is not None:
+        raise UsageError("give --seed or --seeds, not both")
+    try:
+        seeds = [int(k) for k in args.seeds.split(",")] if args.seeds else [s.seed]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
+    template = args.out or default_out(task_cls, s)
+    if len(set(seeds)) != len(seeds) or (len(seeds) > 1 and "{seed}" not in template):
+        raise UsageError("--seeds needs distinct seeds and, for several, an --out holding {seed} (a run folder each)")
+    sweeps = [Sweep(Path(template.replace("{seed}", str(k))), dataclasses.replace(s, seed=k), targets)
+              for k in seeds]
+    for sw in sweeps:
+        check_settings(sw.s)  # each seed within range
+    return sweeps
+
+
+def build_tasks(task_cls, sweeps: list[Sweep], options: dict) -> dict:
+    """One task per target, built before any work starts so that a bad target fails first."""
+    tasks_by_target = {}
+    for t in dict.fromkeys(t for sw in sweeps for t in sw.targets):
+        try:
+            tasks_by_target[t] = task_cls(t, **options)
+        except ValueError as e:
+            raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
+    return tasks_by_target
 
 
 def run(args) -> int:
     if args.export_base:
         print(f"wrote {write_hf_base(args.model, args.export_base)}")
         return 0
-    saved, targets = resumed_run(args) if args.resume else (None, None)
-    task_cls = load_task_class(args.task or "wordsearch")
-    given = dict(given_settings(args), task=args.task or "wordsearch")
-    s = resolve_settings(task_cls, args.strategy or "migrate", given, saved)
-    demo = cpu_demo(s, given, args.full or bool(args.resume), task_cls.defaults)
-    if targets is None:
-        if args.target and args.targets:
-            raise UsageError("give --target or --targets, not both")
-        if args.target is not None and not args.target.strip():
-            raise UsageError("--target is empty; leave it out for the task's default target")
-        targets = expand_targets(task_cls, args.targets) if args.targets else [args.target or task_cls.default_target]
-    tasks_by_target = {}
-    for t in targets:  # build every task first: a bad target fails before any work starts
-        try:
-            tasks_by_target[t] = task_cls(t, **s.task_options)
-        except ValueError as e:
-            raise UsageError((str(e).splitlines() or [f"bad target {t!r}"])[0].replace(t, short(t)))
+    if args.resume:
+        task_cls, sweeps = resumed_sweeps(args)
+        s, demo = sweeps[0].s, ""
+    else:
+        task_cls = load_task_class(args.task or "wordsearch")
+        given = dict(given_settings(args), task=args.task or "wordsearch")
+        s = resolve_settings(task_cls, args.strategy or "migrate", given)
+        demo = cpu_demo(s, given, args.full, task_cls.defaults)
+        sweeps = new_sweeps(args, task_cls, s)
+    tasks_by_target = build_tasks(task_cls, sweeps, s.task_options)
     threads = ""
     if s.device == "cpu":
         s.threads, why = cpu_threads(s)
+        for sw in sweeps:
+            sw.s.threads = s.threads
         torch.set_num_threads(s.threads)
         threads = f", {s.threads} thread{'s' * (s.threads > 1)} ({why})"
         if s.dtype == "bfloat16" and not native_bfloat16():
             threads += ("\nnote: this CPU has no native bfloat16 (avx512_bf16, amx_bf16): its bfloat16 products run "
                         "several times slower than float32 (docs/performance.md)")
+    targets = list(dict.fromkeys(t for sw in sweeps for t in sw.targets))
+    seeds = ", seeds " + ",".join(str(sw.s.seed) for sw in sweeps) if len(sweeps) > 1 else ""
     if not args.quiet:
-        print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}): up to {s.iterations} iterations of "
-              f"{s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}, sampling with "
+        print(f"{s.strategy} on {task_cls.name} ({short(', '.join(targets))}{seeds}): up to {s.iterations} iterations "
+              f"of {s.group_size} members, {s.max_new_tokens} new tokens each, on {s.device}{threads}, sampling with "
               f"{s.sample_weights} decode weights{demo}", file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     store = rank_store(world)  # torchrun: ranks only share the run folder's check and wait for each other at the end
-    out = Path(args.resume or args.out or default_out(task_cls, s))
-    out = on_rank0(lambda: prepare_out_dir(out, bool(args.resume), dataclasses.asdict(s), targets), store)
-    s = dataclasses.replace(s, device=rank_device(s.device))  # after config.json, which keeps plain "cuda"
+    outs = on_rank0(lambda: [prepare_out_dir(sw.out, bool(args.resume), dataclasses.asdict(sw.s), sw.targets)
+                             for sw in sweeps], store)
+    resume = f"python migrate.py --resume {','.join(map(str, outs))}"
+    device = rank_device(s.device)  # after config.json, which keeps plain "cuda"
+    searches = [Search(dataclasses.replace(sw.s, target=t, device=device), tasks_by_target[t], sw.out / slug(t))
+                for sw in sweeps for t in sw.targets]
     failure = None
     try:
-        search_my_targets(s, targets[rank::world], out, tasks_by_target, args.quiet)
+        search_my_share(s, searches[rank::world], args.quiet)
     except KeyboardInterrupt as e:
-        print(f"\nstopped; every finished iteration is saved. Continue with: python migrate.py --resume {out}",
-              file=sys.stderr)
+        print(f"\nstopped; every finished iteration is saved. Continue with: {resume}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Stop) else signal.SIGINT)
     except Exception as e:  # noqa: BLE001  a rank that fails must still meet the others, which wait for it
         if world == 1:
@@ -280,12 +335,14 @@ def run(args) -> int:
             raise failure
         failed = [(r, f) for r, f in enumerate(failures) if f]
         if failed:
-            raise UsageError(f"rank {failed[0][0]} failed ({failed[0][1]}); its targets are unfinished: fix it, "
-                             f"then --resume {out}")
+            raise UsageError(f"rank {failed[0][0]} failed ({failed[0][1]}); its searches are unfinished: fix it, "
+                             f"then {resume}")
     if rank == 0:
-        write_summary(out, targets)
-        if not args.quiet:
-            print((out / "summary.md").read_text() + explain_scores(out, targets, task_cls) + f"\nrun folder: {out}")
+        for sw in sweeps:
+            write_summary(sw.out, sw.targets)
+            if not args.quiet:
+                print((sw.out / "summary.md").read_text() + explain_scores(sw.out, sw.targets, task_cls)
+                      + f"\nrun folder: {sw.out}")
     return 0
 
 

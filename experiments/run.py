@@ -44,19 +44,24 @@ def run(args, cmd: list[str], label: str) -> None:
 
 
 def run_sweeps(args, runs: Path) -> None:
-    """Every sweep of the experiment, seed by seed, so that a half-finished experiment already pairs strategies."""
-    for seed in args.seeds:
-        for strategy in args.strategies:
-            run_sweep(args, strategy, seed, runs / f"{strategy}-seed{seed}")
-
-
-def run_sweep(args, strategy: str, seed: int, out: Path) -> None:
-    if sweep_finished(out):  # relaunching it would only load the model to rewrite its summary
-        print(f"[{strategy} seed {seed}] finished: {out}", flush=True)
-        return
-    settings = ["--targets", args.targets, "--strategy", strategy, "--seed", str(seed),
-                "--budget", str(args.budget)] + iteration_flag(args) + args.extra
-    run(args, migrate_command(args, out, settings), f"{strategy} seed {seed}")
+    """Every sweep of the experiment, strategy by strategy; a strategy's seeds run in one migrate.py, all its
+    searches (targets x seeds) in lockstep, a run folder per seed (runs/STRATEGY-seedN)."""
+    for strategy in args.strategies:
+        left = [k for k in args.seeds if not sweep_finished(runs / f"{strategy}-seed{k}")]
+        for k in set(args.seeds) - set(left):  # relaunching them would only load the model to rewrite summaries
+            print(f"[{strategy} seed {k}] finished: {runs / f'{strategy}-seed{k}'}", flush=True)
+        started = [k for k in left if (runs / f"{strategy}-seed{k}" / "config.json").exists()]
+        fresh = [k for k in left if k not in started]
+        label = f"{strategy} seeds {','.join(map(str, left))}"
+        if started:
+            resume = ",".join(str(runs / f"{strategy}-seed{k}") for k in started)
+            run(args, launch_migrate(ROOT / "migrate.py", args.nproc) + ["--resume", resume], label)
+        if fresh:
+            settings = ["--targets", args.targets, "--strategy", strategy, "--seeds", ",".join(map(str, fresh)),
+                        "--budget", str(args.budget)] + iteration_flag(args) + args.extra
+            run(args, launch_migrate(ROOT / "migrate.py", args.nproc) + ["--task", args.task, "--out",
+                                                                          str(runs / f"{strategy}-seed{{seed}}")]
+                + settings, label)
 
 
 def sweep_finished(out: Path) -> bool:

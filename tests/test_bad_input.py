@@ -118,7 +118,7 @@ def test_a_broken_task_file_is_one_line(tmp_path):
 def test_a_task_path_outside_the_folder_still_runs_under_runs():
     import migrate
     s = loop.resolve_settings(FruitTask, "migrate", {"device": "cpu"})
-    assert migrate.default_out(FruitTask, s) == Path("runs/fruit-migrate-seed0")
+    assert migrate.default_out(FruitTask, s) == "runs/fruit-migrate-seed{seed}"
 
 
 def damaged_config(folder: Path, config) -> str:

@@ -172,6 +172,27 @@ def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(model_dir, tmp_path):
     assert migrate("--resume", str(out)).returncode == 0
 
 
+def test_seeds_run_in_lockstep_one_folder_each_as_each_seed_alone(model_dir, tmp_path):
+    """--seeds 0,1: two run folders, the four searches (2 targets x 2 seeds) in one lockstep; each history equals
+    its seed's run alone; a stop is resumed by naming both folders. Folders that are no one sweep are refused."""
+    flags = ["--task", EXAMPLE, "--model", model_dir, "--targets", "40,30", "--iterations", "2", "--patience", "2"]
+    r = migrate(*flags, "--seeds", "0,1", "--out", str(tmp_path / "both-{seed}"))
+    assert r.returncode == 0, r.stderr
+    for seed in (0, 1):
+        assert migrate(*flags, "--seed", str(seed), "--out", str(tmp_path / f"alone-{seed}")).returncode == 0
+        assert json.loads((tmp_path / f"both-{seed}" / "config.json").read_text())["settings"]["seed"] == seed
+        for target in ("40", "30"):
+            strip = lambda p: [{k: v for k, v in json.loads(l).items() if not k.startswith("time_") and k != "lockstep"}
+                               for l in p.read_text().splitlines()]  # noqa: E731
+            assert strip(tmp_path / f"both-{seed}" / target / "history.jsonl") == \
+                strip(tmp_path / f"alone-{seed}" / target / "history.jsonl")
+    both = f"{tmp_path / 'both-0'},{tmp_path / 'both-1'}"
+    assert migrate("--resume", both).returncode == 0  # finished: each summary rewritten
+    assert migrate(*flags, "--iterations", "1", "--out", str(tmp_path / "other")).returncode == 0
+    one_line_error(migrate("--resume", f"{tmp_path / 'both-0'},{tmp_path / 'other'}"), "not one sweep")
+    one_line_error(migrate(*flags, "--seeds", "0,1", "--out", str(tmp_path / "no-template")), "{seed}")
+
+
 def test_bad_targets_fail_before_the_model_loads(tmp_path):
     missing = str(tmp_path / "no-model")  # were the model loaded first, the error would name it
     one_line_error(migrate("--task", EXAMPLE, "--model", missing, "--target", ""), "--target is empty")

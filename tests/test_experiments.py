@@ -12,7 +12,7 @@ from experiments.measures import curve, run_dynamics, timings
 from experiments.records import RECORDS, Run, Sweep, sweep_line
 from experiments.report import (add_untrained_runs, collect, compare_settings, write_dynamics_table, write_table,
                                 write_target_table)
-from experiments.run import estimate_seconds, print_estimate, run_sweep
+from experiments.run import estimate_seconds, print_estimate, run_sweeps
 from experiments.stats import bootstrap_interval, holm, paired_differences, sign_test, verdict, wilson, wins_ties_losses
 from experiments.versions import MIXED, OLDER, choose_code, code_note, sweeps_by_code
 from loop import STRATEGIES
@@ -313,31 +313,40 @@ def test_protocols_name_real_strategies_and_tune_on_other_targets():
 def test_sweep_passes_the_iteration_cap_to_migrate(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(run_module, "run", lambda args, cmd, label: ran.append(cmd))
+    one = ["--strategies", "grpo", "--seeds", "1"]
     for argv in (["--protocol", "paper"], ["--budget", "50"]):
-        run_sweep(parse_args(argv + ["--lr", "1e-4"]), "grpo", 1, tmp_path / "grpo-seed1")
+        run_sweeps(parse_args(argv + one + ["--lr", "1e-4"]), tmp_path)
     capped, uncapped = ran
     assert capped[capped.index("--iterations") + 1] == "100" and capped[-2:] == ["--lr", "1e-4"]
     assert capped[capped.index("--patience") + 1] == "100"  # every iteration runs, as in the released code
     assert "--iterations" not in uncapped and uncapped[uncapped.index("--budget") + 1] == "50"
     assert "--patience" not in uncapped  # without a cap, patience is what stops a policy that only repeats
-    run_sweep(parse_args(["--nproc", "2"]), "grpo", 1, tmp_path / "grpo-seed1")
+    run_sweeps(parse_args(["--nproc", "2"] + one), tmp_path)
     assert ran[-1][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]  # its own port
 
 
-def test_a_finished_sweep_is_not_relaunched(tmp_path, monkeypatch):
+def test_a_strategys_seeds_run_in_one_lockstep_and_finished_ones_are_not_relaunched(tmp_path, monkeypatch):
+    """Seed 0 started (resumed), seed 1 finished (left alone), seeds 2 and 3 new (started together, a run folder
+    each: --out with {seed})."""
     ran = []
     monkeypatch.setattr(run_module, "run", lambda args, cmd, label: ran.append(cmd))
-    sweep_dir = tmp_path / "grpo-seed0"
-    write_config(sweep_dir, "grpo", ["a", "b"])
-    (sweep_dir / "a").mkdir()
-    (sweep_dir / "b").mkdir()
-    (sweep_dir / "a" / "best.json").write_text("{}")
-    (sweep_dir / "summary.csv").write_text("target\n")
-    run_sweep(parse_args([]), "grpo", 0, sweep_dir)  # b has not ended: resume
-    assert ran and ran[-1][-2:] == ["--resume", str(sweep_dir)]
-    (sweep_dir / "b" / "best.json").write_text("{}")
-    run_sweep(parse_args([]), "grpo", 0, sweep_dir)
-    assert len(ran) == 1
+    for k, ended in ((0, ("a",)), (1, ("a", "b"))):
+        sweep_dir = tmp_path / f"grpo-seed{k}"
+        write_config(sweep_dir, "grpo", ["a", "b"])
+        for target in ended:
+            (sweep_dir / target).mkdir()
+            (sweep_dir / target / "best.json").write_text("{}")
+        (sweep_dir / "summary.csv").write_text("target\n")
+    run_sweeps(parse_args(["--strategies", "grpo", "--seeds", "0,1,2,3", "--targets", "a,b"]), tmp_path)
+    resumed, started = ran
+    assert resumed[-2:] == ["--resume", str(tmp_path / "grpo-seed0")]
+    assert started[started.index("--seeds") + 1] == "2,3"
+    assert started[started.index("--out") + 1] == str(tmp_path / "grpo-seed{seed}")
+    (tmp_path / "grpo-seed0" / "b").mkdir()
+    (tmp_path / "grpo-seed0" / "b" / "best.json").write_text("{}")
+    ran.clear()
+    run_sweeps(parse_args(["--strategies", "grpo", "--seeds", "0,1"]), tmp_path)
+    assert ran == []
 
 
 def test_run_dynamics_and_its_table(tmp_path):
