@@ -399,16 +399,20 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
         out[i] = info
     if not train:
         return out
-    batches = micro_batches(max(len(g.completions) for g in train), s.micro_batch)
+    # One pass per bucket of groups of similar completion width, since a pass pads every completion to its
+    # widest; micro-batches within a bucket.
+    passes = [(bucket, rows) for bucket in width_buckets([g.completions.shape[1] for g in train])
+              for rows in micro_batches(max(len(train[k].completions) for k in bucket), s.micro_batch)]
     # Fast path: each prompt's layers run once for its whole group (model.SharedPrefix) where that saves work;
     # the slow twin runs G full rows. Both give the same log-probs and gradients (tests/test_grpo.py). Many
     # searches always share: their prompts then run in one batch.
     shared = len(train) > 1 or share_prompt_pays(train[0].prompt, len(train[0].completions))
 
-    def logprobs(rows: slice) -> list[torch.Tensor]:
-        """Each group's log-probs of the given rows, from one batched pass over all the groups."""
+    def logprobs(bucket: list[int], rows: slice) -> list[torch.Tensor]:
+        """The log-probs of the given rows of each group of the bucket, from one batched pass."""
         prompts, counts, blocks = [None] * policy.adapters, [0] * policy.adapters, []
-        for g in train:
+        for k in bucket:
+            g = train[k]
             block = g.completions[rows]
             prompts[g.search.slot], counts[g.search.slot] = g.prompt, len(block)
             blocks.append(block)
@@ -416,6 +420,14 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
         ids = torch.cat([torch.nn.functional.pad(b, (0, width - b.shape[1])) for b in blocks])
         logp = completion_logprobs(model, prompts, ids, counts, shared, compiled=s.compile_logprobs)
         return [part[:, :b.shape[1]] for part, b in zip(logp.split([len(b) for b in blocks]), blocks)]
+
+    def each_group(logps_of_pass) -> list[torch.Tensor]:
+        """Each group's log-probs over all its rows, from every pass's [(bucket, rows), logps]."""
+        parts = [[] for _ in train]
+        for (bucket, _), logps in logps_of_pass:
+            for k, logp in zip(bucket, logps):
+                parts[k].append(logp)
+        return [torch.cat(p) for p in parts]
 
     def loss_of(g: TrainingGroup, logp, old, rows, ref):
         if s.objective == "entropic":  # a sum over every member's tokens, unclipped (its docstring)
@@ -426,23 +438,22 @@ def grpo_update(policy: Policy, batch: list[tuple[Search, list[Member]]]) -> lis
     refs = [None] * len(train)
     if s.kl_coef > 0:
         with torch.no_grad(), lora_disabled(model):
-            parts = [logprobs(rows) for rows in batches]
-        refs = [torch.cat([p[k] for p in parts]) for k in range(len(train))]
+            refs = each_group([(p, logprobs(*p)) for p in passes])
     model.train()
     model.checkpointing = s.grad_checkpoint
     olds = [None] * len(train)
     for step in range(s.mu):
         for p in policy.params:
             p.grad = None
-        parts = []
-        for rows in batches:
-            logps = logprobs(rows)
-            loss = sum(loss_of(g, logp, logp.detach() if old is None else old[rows], rows,
-                               None if ref is None else ref[rows])[0]
-                       for g, logp, old, ref in zip(train, logps, olds, refs))
-            loss.backward()  # each search's loss reaches only its own adapter; micro-batches add up
-            parts.append([logp.detach() for logp in logps])
-        logps = [torch.cat([p[k] for p in parts]) for k in range(len(train))]
+        done = []
+        for bucket, rows in passes:
+            logps = logprobs(bucket, rows)
+            loss = sum(loss_of(train[k], logp, logp.detach() if olds[k] is None else olds[k][rows], rows,
+                               None if refs[k] is None else refs[k][rows])[0]
+                       for k, logp in zip(bucket, logps))
+            loss.backward()  # each search's loss reaches only its own adapter; passes add up
+            done.append(((bucket, rows), [logp.detach() for logp in logps]))
+        logps = each_group(done)
         olds = [old if old is not None else logp for old, logp in zip(olds, logps)]  # before the first step
         for g, i in zip(train, index):
             x = g.search
@@ -489,6 +500,22 @@ def group_signal(s: Settings, rewards: torch.Tensor) -> tuple:
     if not keep.any() or advantages.abs().max() == 0:
         return None, None, {}
     return advantages, keep, {}
+
+
+WIDTH_SLACK = 1.25  # a bucket's widest completion is at most this times its narrowest
+
+
+def width_buckets(widths: list[int], slack: float = WIDTH_SLACK) -> list[list[int]]:
+    """Indices of the groups whose completions are `widths` wide, in buckets of similar width, narrowest first:
+    a pass pads each group to at most `slack` times its own width. One bucket of all groups is the slow twin
+    (more padded tokens, the same log-probs)."""
+    buckets = []
+    for k in sorted(range(len(widths)), key=lambda k: (widths[k], k)):
+        if buckets and widths[k] <= slack * widths[buckets[-1][0]]:
+            buckets[-1].append(k)
+        else:
+            buckets.append([k])
+    return [sorted(b) for b in buckets]
 
 
 def micro_batches(rows: int, size: int) -> list[slice]:

@@ -454,9 +454,9 @@ class LoRALinear(nn.Module):
 
     A bank of S adapters, one per search of a lockstep sweep (S = 1 for one search): lora_A (S, r, in) and
     lora_B (S, out, r). Which rows use which adapter is `rows` (set by `adapter_rows`): None sends every row
-    to adapter 0, else rows[s] contiguous rows go to adapter s, in adapter order. A is kaiming-uniform and B zero,
-    so an adapter starts as the identity change. The base parameters keep their names (`weight`, `bias`); A and
-    B are float32 master weights, cast to the compute dtype in forward."""
+    to adapter 0, else rows[s] contiguous rows go to adapter s, in adapter order (0 rows: not in use). A is
+    kaiming-uniform and B zero, so an adapter starts as the identity change. The base parameters keep their names
+    (`weight`, `bias`); A and B are float32 master weights, cast to the compute dtype in forward."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, adapters: int = 1):
         super().__init__()
@@ -490,10 +490,13 @@ class LoRALinear(nn.Module):
         x = self.dropout(x)
         if self.rows is None:
             return F.linear(F.linear(x, A[0]), B[0]) * self.scale
-        if len(self.rows) == A.shape[0] and len(set(self.rows)) == 1:  # one equal block per adapter: a batched
-            # product over the adapter axis
-            h = x.reshape(len(self.rows), -1, x.shape[-1])  # (S, rows * T, in)
-            out = torch.bmm(torch.bmm(h, A.transpose(1, 2)), B.transpose(1, 2))  # (S, rows * T, out)
+        used = [s for s, n in enumerate(self.rows) if n]
+        if len({self.rows[s] for s in used}) == 1:  # one equal block per adapter in use: a batched product over
+            # the adapter axis
+            if len(used) < A.shape[0]:
+                A, B = A[used], B[used]
+            h = x.reshape(len(used), -1, x.shape[-1])  # (U, rows * T, in)
+            out = torch.bmm(torch.bmm(h, A.transpose(1, 2)), B.transpose(1, 2))  # (U, rows * T, out)
             return out.reshape(*x.shape[:-1], -1) * self.scale
         # Blocks of other sizes (rows that finished sampling have left): one product per adapter, the slow twin
         # of the batched one above.

@@ -342,10 +342,10 @@ def alone(model, tokens, adapter):
         return single(tokens)
 
 
-@pytest.mark.parametrize("rows", [[2, 2, 2], [1, 3, 2], [2, 0, 1], [0, 0, 3]])
+@pytest.mark.parametrize("rows", [[2, 2, 2], [1, 3, 2], [2, 0, 1], [0, 0, 3], [2, 0, 2]])
 def test_each_row_of_a_bank_runs_its_own_adapter(rows):
-    """Equal blocks take the batched product over the adapter axis, other blocks its twin, one product per
-    adapter: either way a row's output is its adapter's alone. float32: 1e-5."""
+    """Equal blocks of the adapters in use take the batched product over the adapter axis, other blocks its twin,
+    one product per adapter: either way a row's output is its adapter's alone. float32: 1e-5."""
     from model import adapter_rows
     model = bank_model()
     g = torch.Generator().manual_seed(8)
