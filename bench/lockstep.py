@@ -23,6 +23,7 @@ exactly --iterations here, so the lockstep batch stays full).
 """
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -42,7 +43,6 @@ PHASES = ("time_sample", "time_score", "time_update")
 
 def phase_times(searches: list, lockstep: bool) -> dict[str, float]:
     """Seconds per phase over the searches' iterations: shared phases once per lockstep iteration."""
-    import json
     totals = dict.fromkeys(PHASES, 0.0)
     for i, x in enumerate(searches):
         for line in (x.run_dir / "history.jsonl").read_text().splitlines()[1:]:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from experiments.measures import curve, run_dynamics
 from experiments.records import Sweep, current_sweeps
-from experiments.stats import (PAIRED_REFERENCES, RESAMPLES, TIE, comparisons, mean_std, pair_statistics, paired_differences,
-                               wilson)
+from experiments.stats import (PAIRED_REFERENCES, RESAMPLES, TIE, comparisons, mean_std, pair_statistics,
+                               paired_differences, wilson)
 from experiments.versions import choose_code, code_note, sweeps_by_code
 from loop import STRATEGIES
 from rundir import slug

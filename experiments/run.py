@@ -32,10 +32,8 @@ def launch_migrate(migrate_py: Path, nproc: int) -> list[str]:
 
 
 def migrate_command(args, out: Path, settings: list[str]) -> list[str]:
-    cmd = launch_migrate(ROOT / "migrate.py", args.nproc)
-    if (out / "config.json").exists():
-        return cmd + ["--resume", str(out)]
-    return cmd + ["--task", args.task, "--out", str(out)] + settings
+    """migrate.py starting new runs in `out` (which may hold {seed}) with these settings."""
+    return launch_migrate(ROOT / "migrate.py", args.nproc) + ["--task", args.task, "--out", str(out)] + settings
 
 
 def run(args, cmd: list[str], label: str) -> None:
@@ -48,7 +46,7 @@ def run_sweeps(args, runs: Path) -> None:
     searches (targets x seeds) in lockstep, a run folder per seed (runs/STRATEGY-seedN)."""
     for strategy in args.strategies:
         left = [k for k in args.seeds if not sweep_finished(runs / f"{strategy}-seed{k}")]
-        for k in set(args.seeds) - set(left):  # relaunching them would only load the model to rewrite summaries
+        for k in [k for k in args.seeds if k not in left]:  # relaunching them would only rewrite their summaries
             print(f"[{strategy} seed {k}] finished: {runs / f'{strategy}-seed{k}'}", flush=True)
         started = [k for k in left if (runs / f"{strategy}-seed{k}" / "config.json").exists()]
         fresh = [k for k in left if k not in started]
@@ -59,9 +57,7 @@ def run_sweeps(args, runs: Path) -> None:
         if fresh:
             settings = ["--targets", args.targets, "--strategy", strategy, "--seeds", ",".join(map(str, fresh)),
                         "--budget", str(args.budget)] + iteration_flag(args) + args.extra
-            run(args, launch_migrate(ROOT / "migrate.py", args.nproc) + ["--task", args.task, "--out",
-                                                                          str(runs / f"{strategy}-seed{{seed}}")]
-                + settings, label)
+            run(args, migrate_command(args, runs / f"{strategy}-seed{{seed}}", settings), label)
 
 
 def sweep_finished(out: Path) -> bool:

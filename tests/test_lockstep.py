@@ -14,7 +14,7 @@ import torch
 import loop
 from checkpoint import read_safetensors
 from tests.test_loop import FruitTask, scripted, setup  # noqa: F401  (scripted is a fixture)
-from tests.test_train import CountA, make_policy
+from tests.test_train import CountA, make_policy, started
 
 SEEDS = (0, 1, 2)
 
@@ -117,27 +117,25 @@ def test_lockstep_with_the_scripted_sampler_keeps_each_search_its_own_history(sc
         assert records(tmp_path / "lockstep" / f"t{k}") == records(tmp_path / "alone" / f"t{k}")
 
 
+def answers(words):
+    """Members answering the on-policy prompt with these words, rewarded by their share of "a"."""
+    return [loop.Member("on-policy", "on-policy", text=">" + w, reward=w.count("a") / len(w)) for w in words]
+
+
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 1e-1)])
 def test_one_lockstep_update_moves_each_adapter_as_its_update_alone(dtype, tol):
     """The same groups, one update of mu = 2 steps: each adapter moves as alone, within 1e-4 of the step's size in
     float32 and 1e-1 in bfloat16 (base weights; adapters and optimiser float32)."""
     def group(k):
-        words = (("aab", "bbb", "abb", "aaa"), ("ab", "ba", "aaab", "bbbb"), ("a", "bb", "aba", "baa"))[k]
-        return [loop.Member("on-policy", "on-policy", text=">" + w, reward=w.count("a") / len(w)) for w in words]
-
-    def started(policy, s, k, slot):
-        x = loop.Search(dataclasses.replace(s, seed=k), CountA("x"), None, slot=slot)
-        policy.start(x)
-        x.state = loop.new_state(x.s, x.task)
-        return x
+        return answers((("aab", "bbb", "abb", "aaa"), ("ab", "ba", "aaab", "bbbb"), ("a", "bb", "aba", "baa"))[k])
 
     s, bank = make_policy("grpo", adapters=3, dtype=dtype)
-    searches = [started(bank, s, k, k) for k in SEEDS]
+    searches = [started(dataclasses.replace(s, seed=k), bank, slot=k) for k in SEEDS]
     before = [bank.adapter(x) for x in searches]
     loop.grpo_update(bank, [(x, group(k)) for k, x in enumerate(searches)])
     for k, x in enumerate(searches):
         s1, one = make_policy("grpo", dtype=dtype)
-        y = started(one, s1, k, 0)
+        y = started(dataclasses.replace(s1, seed=k), one)
         loop.grpo_update(one, [(y, group(k))])
         got, want = bank.adapter(x), one.adapter(y)
         for name in want:
@@ -159,17 +157,11 @@ def test_an_update_in_width_buckets_equals_one_pass_of_every_group(monkeypatch, 
     (the slow twin), one step: each search's loss and gradient are the same, within 1e-5 of the largest in
     float32, 5e-2 in bfloat16 (base weights; the adapters float32)."""
     def group(k):
-        words = (("ab", "b", "a", "bb"), ("aabababbab", "bbbbababa", "abababab", "aaaabbbba"))[k]
-        return [loop.Member("on-policy", "on-policy", text=">" + w, reward=w.count("a") / len(w)) for w in words]
+        return answers((("ab", "b", "a", "bb"), ("aabababbab", "bbbbababa", "abababab", "aaaabbbba"))[k])
 
     def update(buckets):
         s, bank = make_policy("grpo", adapters=2, dtype=dtype, mu=1)
-        searches = []
-        for k in (0, 1):
-            x = loop.Search(dataclasses.replace(s, seed=k), CountA("x"), None, slot=k)
-            bank.start(x)
-            x.state = loop.new_state(x.s, x.task)
-            searches.append(x)
+        searches = [started(dataclasses.replace(s, seed=k), bank, slot=k) for k in (0, 1)]
         with monkeypatch.context() as m:
             m.setattr(loop, "width_buckets", buckets)
             out = loop.grpo_update(bank, [(x, group(k)) for k, x in enumerate(searches)])

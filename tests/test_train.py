@@ -69,9 +69,9 @@ def make_policy(strategy, adapters=1, **overrides):
     return s, policy
 
 
-def started(s, policy):
-    """A search of CountA started in slot 0 (its seed's adapter, a fresh optimiser), before iteration 1."""
-    x = loop.Search(s, CountA("x"), None)
+def started(s, policy, slot=0):
+    """A search of CountA started in a slot (its seed's adapter, a fresh optimiser), before iteration 1."""
+    x = loop.Search(s, CountA("x"), None, slot=slot)
     policy.start(x)
     x.state = loop.new_state(s, x.task)
     return x
