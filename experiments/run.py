@@ -2,7 +2,7 @@
 when --nproc > 1) into the experiment's run folders (runs/, one sweep folder per strategy and seed), resuming a
 half-finished experiment instead of starting over. Before starting it prints a measured estimate of the wall
 time: seconds and evaluations per iteration read from the histories of runs of the same code already there, or,
-when there are none, from a 2-iteration calibration run.
+when there are none, from a 2-iteration calibration sweep of every target and seed in lockstep.
 
 Left out: start-up time (model load, warm start) in the estimate, a few seconds per sweep.
 """
@@ -111,19 +111,19 @@ def history_timings(runs: Path, code: str) -> dict[str, list[dict]]:
 
 
 def calibrate(args, targets: list[str], strategy: str) -> dict[str, list[dict]]:
-    """Time 2 iterations of `strategy` in a scratch folder, one target per process (so the processes share the
-    cores as the real sweeps will)."""
+    """Time 2 iterations of `strategy` in a scratch folder at the shape the sweeps run: every target and seed in
+    one lockstep sweep, split over the processes, so the timings carry what lockstep saves (and what the
+    processes sharing the cores costs)."""
     with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "calibration"
-        settings = ["--targets", ",".join(targets[:args.nproc]), "--strategy", strategy, "--seed", "0",
+        settings = ["--targets", ",".join(targets), "--strategy", strategy, "--seeds", ",".join(map(str, args.seeds)),
                     "--budget", str(args.budget)] + args.extra + ["--iterations", "2"]  # the last flag counts
-        run(args, migrate_command(args, out, settings), "calibration")
-        return {strategy: [timings(read_history(h.parent)) for h in out.glob("*/history.jsonl")]}
+        run(args, migrate_command(args, Path(scratch) / "calibration-seed{seed}", settings), "calibration")
+        return {strategy: [timings(read_history(h.parent)) for h in Path(scratch).glob("*/*/history.jsonl")]}
 
 
 def measured_timings(args, runs: Path, targets: list[str], trains: dict[str, bool],
                      runs_left: dict[str, int]) -> tuple[dict[str, list[dict]], str]:
-    """Timings of the runs of this code in the run folders, or of a calibration run when those cannot time what
+    """Timings of the runs of this code in the run folders, or of a calibration sweep when those cannot time what
     is left (nothing timed, or training runs to do and no training iteration timed). Also says where they come
     from."""
     found = {s: ts for s, ts in history_timings(runs, code_version(task=args.task)["code_hash"]).items()
@@ -133,7 +133,9 @@ def measured_timings(args, runs: Path, targets: list[str], trains: dict[str, boo
     training = [s for s in args.strategies if trains[s]]
     strategy = "migrate" if "migrate" in training else (training or args.strategies)[0]
     # other work on the machine slows the calibration, and so the estimate: say how busy it was
-    source = f"a {strategy} calibration run at load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    n = len(targets) * len(args.seeds)
+    source = (f"a {strategy} calibration sweep of {n} search{'es' * (n > 1)} at load {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} cores")
     return calibrate(args, targets, strategy), source
 
 

@@ -279,8 +279,30 @@ def test_estimate_calibrates_when_nothing_is_timed(tmp_path, monkeypatch, capsys
     # random ceil(90 / 15) = 6 * 4 s + migrate 6 * 10 s = 84 s
     assert capsys.readouterr().out.startswith(
         "estimate: 1 min for 2 runs with 1 process (measured: 10.0 s per training iteration of 15.0 evaluations, "
-        "4.0 s per sampling-only iteration of 15.0 evaluations, over 2 iterations of a migrate calibration run "
-        "at load ")
+        "4.0 s per sampling-only iteration of 15.0 evaluations, over 2 iterations of a migrate calibration sweep "
+        "of 1 search at load ")
+
+
+def test_calibration_runs_every_target_and_seed_in_one_lockstep_sweep(monkeypatch):
+    launched = []
+
+    def fake_run(args, cmd, label):  # stands in for migrate.py: each search writes one timed iteration
+        launched.append(cmd)
+        out, targets, seeds = (cmd[cmd.index(flag) + 1] for flag in ("--out", "--targets", "--seeds"))
+        for seed in seeds.split(","):
+            for target in targets.split(","):
+                history = timed_history([(6, 0.5, 3.5)], [12], warm=10)
+                history[1]["lockstep"] = 4
+                write_history(Path(out.format(seed=seed)) / target, history)
+    monkeypatch.setattr(run_module, "run", fake_run)
+    args = parse_args(["--task", "wordsearch", "--strategies", "migrate", "--seeds", "0,1", "--budget", "110",
+                       "--nproc", "2"])
+    found = run_module.calibrate(args, ["cat", "dog"], "migrate")
+    cmd = launched[0]
+    assert len(launched) == 1 and "torch.distributed.run" in cmd and cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    assert cmd[-2:] == ["--iterations", "2"] and cmd[cmd.index("--strategy") + 1] == "migrate"
+    # four searches, each charged a quarter of the (6 + 3.5) s it shared and its 0.5 s of scoring alone
+    assert found == {"migrate": [dict(iterations=1, evaluations=2, seconds=2.875, sampling_seconds=2.0, warm=10)] * 4}
 
 
 def test_protocol_paper_sets_defaults_that_flags_override():
