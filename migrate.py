@@ -184,6 +184,15 @@ def gather_failures(store, rank: int, world: int, failure: Exception | None) -> 
     return [store.get(f"failure{r}").decode() for r in range(world)]
 
 
+def rank_share(searches: list, rank: int, world: int) -> list:
+    """This rank's searches, dealt round the ranks target by target (each target's seeds in turn), so that every
+    rank gets a share of each target. Dealt seed by seed, an even number of targets would give each rank whole
+    targets, and a rank whose targets end early (solved at once) would sit idle while the others run on."""
+    targets = list(dict.fromkeys(x.s.target for x in searches))
+    by_target = sorted(searches, key=lambda x: targets.index(x.s.target))  # stable: seeds keep their order
+    return by_target[rank::world]
+
+
 def search_my_share(s, mine: list, quiet: bool) -> None:
     """This process's share of the searches, advanced in lockstep --lockstep at a time (each with its own adapter
     of the model's bank), with the model loaded once."""
@@ -321,7 +330,7 @@ def run(args) -> int:
                 for sw in sweeps for t in sw.targets]
     failure = None
     try:
-        search_my_share(s, searches[rank::world], args.quiet)
+        search_my_share(s, rank_share(searches, rank, world), args.quiet)
     except KeyboardInterrupt as e:
         print(f"\nstopped; every finished iteration is saved. Continue with: {resume}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Stop) else signal.SIGINT)

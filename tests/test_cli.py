@@ -304,6 +304,17 @@ def test_the_end_of_a_run_says_what_the_numbers_mean(tmp_path):
     assert text.splitlines()[1:] == ["t1: pass@2 True"]
 
 
+def test_torchrun_ranks_each_get_a_share_of_every_target():
+    import migrate
+    # a sweep lists its searches seed by seed: four targets, seeds 0-2
+    searches = [types.SimpleNamespace(s=types.SimpleNamespace(target=t, seed=k)) for k in range(3) for t in "abcd"]
+    shares = [[f"{x.s.target}{x.s.seed}" for x in migrate.rank_share(searches, rank, 2)] for rank in (0, 1)]
+    # dealt target by target: not rank 0 = a, c and rank 1 = b, d, as dealing seed by seed would give
+    assert shares == [["a0", "a2", "b1", "c0", "c2", "d1"], ["a1", "b0", "b2", "c1", "d0", "d2"]]
+    assert migrate.rank_share(searches, 0, 1) == sorted(searches, key=lambda x: x.s.target)  # one rank: all
+    assert migrate.rank_share(searches[:1], 1, 2) == []  # more ranks than searches
+
+
 def test_torchrun_ranks_take_their_own_gpu(monkeypatch):
     import torch
 
