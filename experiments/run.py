@@ -55,9 +55,14 @@ def run_sweeps(args, runs: Path) -> None:
             resume = ",".join(str(runs / f"{strategy}-seed{k}") for k in started)
             run(args, launch_migrate(ROOT / "migrate.py", args.nproc) + ["--resume", resume], label)
         if fresh:
-            settings = ["--targets", args.targets, "--strategy", strategy, "--seeds", ",".join(map(str, fresh)),
-                        "--budget", str(args.budget)] + iteration_flag(args) + args.extra
+            settings = sweep_settings(args, args.targets, strategy, fresh) + iteration_flag(args) + args.extra
             run(args, migrate_command(args, runs / f"{strategy}-seed{{seed}}", settings), label)
+
+
+def sweep_settings(args, targets: str, strategy: str, seeds: list[int]) -> list[str]:
+    """migrate.py's flags for one sweep of these targets and seeds at the experiment's budget."""
+    return ["--targets", targets, "--strategy", strategy, "--seeds", ",".join(map(str, seeds)),
+            "--budget", str(args.budget)]
 
 
 def sweep_finished(out: Path) -> bool:
@@ -115,8 +120,8 @@ def calibrate(args, targets: list[str], strategy: str) -> dict[str, list[dict]]:
     one lockstep sweep, split over the processes, so the timings carry what lockstep saves (and what the
     processes sharing the cores costs)."""
     with tempfile.TemporaryDirectory() as scratch:
-        settings = ["--targets", ",".join(targets), "--strategy", strategy, "--seeds", ",".join(map(str, args.seeds)),
-                    "--budget", str(args.budget)] + args.extra + ["--iterations", "2"]  # the last flag counts
+        # the last --iterations counts, so the calibration's 2 override any the experiment's flags give
+        settings = sweep_settings(args, ",".join(targets), strategy, args.seeds) + args.extra + ["--iterations", "2"]
         run(args, migrate_command(args, Path(scratch) / "calibration-seed{seed}", settings), "calibration")
         return {strategy: [timings(read_history(h.parent)) for h in Path(scratch).glob("*/*/history.jsonl")]}
 

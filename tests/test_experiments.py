@@ -302,7 +302,8 @@ def test_calibration_runs_every_target_and_seed_in_one_lockstep_sweep(monkeypatc
     assert len(launched) == 1 and "torch.distributed.run" in cmd and cmd[cmd.index("--nproc_per_node") + 1] == "2"
     assert cmd[-2:] == ["--iterations", "2"] and cmd[cmd.index("--strategy") + 1] == "migrate"
     # four searches, each charged a quarter of the (6 + 3.5) s it shared and its 0.5 s of scoring alone
-    assert found == {"migrate": [dict(iterations=1, evaluations=2, seconds=2.875, sampling_seconds=2.0, warm=10)] * 4}
+    each = dict(iterations=1, evaluations=2, seconds=2.875, sampling_seconds=2.0, warm=10)
+    assert found == {"migrate": [each] * 4}
 
 
 def test_protocol_paper_sets_defaults_that_flags_override():
